@@ -1,0 +1,146 @@
+//! Input discovery: `--input` files and directories, walked recursively in sorted path order,
+//! each file classified by extension.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Txt,
+    Jsonl,
+    Parquet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gz,
+    Zst,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub path: PathBuf,
+    /// The path as shown in messages and stats.
+    pub name: String,
+    pub format: Format,
+    pub compression: Compression,
+    /// Size on disk (compressed size for compressed files).
+    pub size: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Discovery {
+    pub files: Vec<InputFile>,
+    /// Files whose extension no reader handles; skipped and counted.
+    pub unsupported: Vec<String>,
+}
+
+/// Classifies a file name: `(format, compression)`, or `None` for an unsupported extension.
+pub fn classify(name: &str) -> Option<(Format, Compression)> {
+    let lower = name.to_ascii_lowercase();
+    let (stem, compression) = if let Some(s) = lower.strip_suffix(".gz") {
+        (s, Compression::Gz)
+    } else if let Some(s) = lower.strip_suffix(".zst") {
+        (s, Compression::Zst)
+    } else {
+        (lower.as_str(), Compression::None)
+    };
+    let format = if stem.ends_with(".txt") {
+        Format::Txt
+    } else if stem.ends_with(".jsonl") || stem.ends_with(".json") {
+        Format::Jsonl
+    } else if stem.ends_with(".parquet") {
+        // Parquet needs random access to its footer; a compressed parquet file is not readable
+        // as a stream, and parquet compresses its pages itself anyway.
+        if compression != Compression::None {
+            return None;
+        }
+        Format::Parquet
+    } else {
+        return None;
+    };
+    Some((format, compression))
+}
+
+/// Walks every input in the order given; directories are expanded recursively, sorted by path.
+pub fn discover(inputs: &[PathBuf]) -> Result<Discovery> {
+    if inputs.is_empty() {
+        bail!("no --input given; pass one or more files or directories");
+    }
+    let mut found = Discovery::default();
+    for input in inputs {
+        let meta =
+            std::fs::metadata(input).with_context(|| format!("--input {}", input.display()))?;
+        let mut paths = Vec::new();
+        if meta.is_dir() {
+            walk(input, &mut paths)?;
+            paths.sort();
+        } else {
+            paths.push(input.clone());
+        }
+        for path in paths {
+            let name = path.display().to_string();
+            let file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match classify(&file_name) {
+                Some((format, compression)) => {
+                    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    found.files.push(InputFile {
+                        path,
+                        name,
+                        format,
+                        compression,
+                        size,
+                    });
+                }
+                None => found.unsupported.push(name),
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let path = entry.path();
+        // Follow symbolic links to what they point at.
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_dir() {
+            walk(&path, out)?;
+        } else if meta.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions() {
+        assert_eq!(classify("a.txt"), Some((Format::Txt, Compression::None)));
+        assert_eq!(classify("a.TXT.gz"), Some((Format::Txt, Compression::Gz)));
+        assert_eq!(
+            classify("a.jsonl.zst"),
+            Some((Format::Jsonl, Compression::Zst))
+        );
+        assert_eq!(classify("a.json"), Some((Format::Jsonl, Compression::None)));
+        assert_eq!(
+            classify("train-0000.parquet"),
+            Some((Format::Parquet, Compression::None))
+        );
+        assert_eq!(classify("a.parquet.gz"), None);
+        assert_eq!(classify("README.md"), None);
+        assert_eq!(classify("data.csv.gz"), None);
+    }
+}

@@ -1,0 +1,20 @@
+//! `prep`: corpus files in, packed and checksummed ingot shards out.
+//!
+//! - [`discover`] finds input files; [`readers`] cut them into chunks of raw records.
+//! - [`records`] turns a chunk into documents and counted skips; [`tokenizer`] encodes them.
+//! - [`pipeline`] runs reading and tokenization in parallel and hands results back in order.
+//! - [`build`] packs the ordered stream into the two splits and writes the dataset through
+//!   `ingot_formats`; [`shuffle`] optionally permutes whole documents first.
+//! - [`commands`] holds `verify` and `inspect`.
+
+pub mod build;
+pub mod cli;
+pub mod commands;
+pub mod discover;
+pub mod output;
+pub mod pipeline;
+pub mod progress;
+pub mod readers;
+pub mod records;
+pub mod shuffle;
+pub mod tokenizer;

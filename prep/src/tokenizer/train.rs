@@ -1,0 +1,213 @@
+//! `prep tokenizer train`: a byte-level BPE (GPT-2 style pre-tokenization) trained with the
+//! `tokenizers` crate's BPE trainer on the documents prep's readers produce, written as a
+//! tokenizer.json (format 1.0) that Hugging Face `tokenizers` and `prep` both load.
+//!
+//! Ids 0, 1, 2 are `<s>`, `</s>` and `<pad>`; then the 256 byte symbols; then the merges.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::trainers::BpeTrainerBuilder;
+use tokenizers::vocab::bucket_added_vocabulary::AddedToken;
+use tokenizers::Trainer;
+
+use super::byte::byte_alphabet;
+use super::Tokenizer;
+use crate::cli::TrainArgs;
+use crate::discover::discover;
+use crate::readers::{read_file, ReadOptions};
+use crate::records;
+
+pub const SPECIALS: [&str; 3] = ["<s>", "</s>", "<pad>"];
+
+/// GPT-2's pre-tokenization pattern; `tokenizers` runs it natively.
+const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// The tokenizer.json of a byte-level BPE with the given vocabulary and merges.
+fn tokenizer_json(vocab: &[(String, u32)], merges: &[(String, String)]) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        vocab.iter().map(|(t, id)| (t.clone(), json!(id))).collect();
+    let added: Vec<_> = SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(id, t)| json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let merges: Vec<_> = merges.iter().map(|(a, b)| json!([a, b])).collect();
+    let value = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": false, "vocab": vocab, "merges": merges
+        }
+    });
+    let mut text = serde_json::to_string_pretty(&value).expect("a json! value serialises");
+    text.push('\n');
+    text
+}
+
+/// Splits text into GPT-2 pre-tokens, each mapped to byte-level symbols.
+struct PreTokenizer {
+    skeleton: Tokenizer,
+    alphabet: [char; 256],
+}
+
+impl PreTokenizer {
+    fn new() -> Result<PreTokenizer> {
+        // A merge-free byte-level BPE whose only job is to run the pre-tokenizer.
+        let alphabet = byte_alphabet();
+        let vocab: Vec<(String, u32)> = SPECIALS
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .chain(
+                alphabet
+                    .iter()
+                    .enumerate()
+                    .map(|(b, c)| (c.to_string(), b as u32 + 3)),
+            )
+            .collect();
+        let skeleton = Tokenizer::from_json_bytes(tokenizer_json(&vocab, &[]).as_bytes())?;
+        Ok(PreTokenizer { skeleton, alphabet })
+    }
+
+    fn words(&self, text: &str) -> Vec<String> {
+        use tokenizers::pipeline::PreTokenizer as _;
+        let pipeline = self
+            .skeleton
+            .pipeline()
+            .expect("a tokenizer.json always has a pipeline");
+        let mut spans = Vec::new();
+        let mut scratch = tokenizers::pipeline::PreTokenizerScratch::default();
+        if pipeline
+            .get_pre_tokenizer()
+            .pre_tokenize(text, &mut scratch, &mut spans)
+            .is_err()
+        {
+            return Vec::new();
+        }
+        spans
+            .iter()
+            .map(|s| {
+                text.as_bytes()[s.start as usize..s.end as usize]
+                    .iter()
+                    .map(|&b| self.alphabet[b as usize])
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+pub fn run(args: &TrainArgs) -> Result<String> {
+    if args.vocab_size < SPECIALS.len() + 256 {
+        bail!("--vocab-size {} is too small: it must hold 3 special tokens and 256 byte symbols (at least 259)", args.vocab_size);
+    }
+    if args.out.exists() && !args.force {
+        bail!(
+            "--out {} exists; pass --force to overwrite it",
+            args.out.display()
+        );
+    }
+    let found = discover(&args.input.inputs)?;
+    if found.files.is_empty() {
+        bail!("no input files with a supported extension under --input");
+    }
+    let options = ReadOptions {
+        txt_unit: args.input.txt_unit,
+        text_path: args.input.text_field.split('.').map(String::from).collect(),
+    };
+    let pre = PreTokenizer::new()?;
+    if let Some(n) = args.input.threads {
+        // The trainer counts words on rayon's global pool.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global();
+    }
+
+    // Documents stream from a reader thread into the trainer: nothing holds the corpus.
+    let (tx, rx) = mpsc::sync_channel::<String>(1024);
+    let consumed = Arc::new(AtomicU64::new(0));
+    let files = found.files.clone();
+    let reader = std::thread::spawn(move || {
+        let mut docs = 0u64;
+        let mut open = String::new();
+        for (i, f) in files.iter().enumerate() {
+            read_file(f, i, &options, &consumed, &mut |chunk| {
+                let mut ok = true;
+                records::for_each(
+                    &chunk,
+                    &options.text_path,
+                    |doc| {
+                        // Pieces of one long document are trained as one text.
+                        open.push_str(&doc.text);
+                        if doc.last {
+                            docs += 1;
+                            ok &= tx.send(std::mem::take(&mut open)).is_ok();
+                        }
+                    },
+                    |_| {},
+                );
+                ok
+            });
+        }
+        docs
+    });
+
+    let specials: Vec<AddedToken> = SPECIALS
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(args.vocab_size)
+        .min_frequency(args.min_frequency)
+        .show_progress(false)
+        .special_tokens(specials)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    trainer
+        .feed(rx.into_iter(), |text| Ok(pre.words(text)))
+        .map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
+    let documents = reader
+        .join()
+        .map_err(|_| anyhow!("the reader thread failed"))?;
+    if documents == 0 {
+        bail!("no documents to train on under --input (check --text-field and --txt-unit)");
+    }
+    let (vocab, merges, _) = trainer
+        .train_vocab()
+        .map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
+    let mut vocab: Vec<(String, u32)> = vocab.into_iter().collect();
+    vocab.sort_by_key(|(_, id)| *id);
+    let text = tokenizer_json(&vocab, &merges);
+    // Check the result loads before writing it anywhere.
+    Tokenizer::from_json_bytes(text.as_bytes())
+        .context("the trained tokenizer does not load back")?;
+    let tmp = args.out.with_extension("json.tmp");
+    std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    Ok(format!(
+        "wrote {}: {} tokens ({} merges) from {documents} documents",
+        args.out.display(),
+        vocab.len(),
+        merges.len()
+    ))
+}
+
+/// The pattern is documented here for readers of the generated file; `tokenizers` expands
+/// `use_regex: true` to exactly this split.
+pub fn gpt2_pattern() -> &'static str {
+    GPT2_PATTERN
+}
