@@ -89,6 +89,19 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
     for name in found.unsupported.iter().take(SHOWN_SKIPS as usize) {
         progress.warn(&format!("warning: {name}: skipped: unsupported extension"));
     }
+    if !found.unreadable.is_empty() {
+        if args.strict {
+            let (name, e) = &found.unreadable[0];
+            bail!("{name}: {e} (unreadable_file; rerun without --strict to skip and count such files)");
+        }
+        skipped.insert(
+            Reason::UnreadableFile.key().into(),
+            found.unreadable.len() as u64,
+        );
+        for (name, e) in found.unreadable.iter().take(SHOWN_SKIPS as usize) {
+            progress.warn(&format!("warning: {name}: skipped: {e}"));
+        }
+    }
 
     let mut packer = Packer {
         writers: [

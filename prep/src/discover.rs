@@ -35,6 +35,8 @@ pub struct Discovery {
     pub files: Vec<InputFile>,
     /// Files whose extension no reader handles; skipped and counted.
     pub unsupported: Vec<String>,
+    /// Entries that could not be examined (a dangling link, a vanished file): name and error.
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// Classifies a file name: `(format, compression)`, or `None` for an unsupported extension.
@@ -75,8 +77,9 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Discovery> {
             std::fs::metadata(input).with_context(|| format!("--input {}", input.display()))?;
         let mut paths = Vec::new();
         if meta.is_dir() {
-            walk(input, &mut paths)?;
+            walk(input, &mut paths, &mut found.unreadable)?;
             paths.sort();
+            found.unreadable.sort();
         } else {
             paths.push(input.clone());
         }
@@ -104,19 +107,18 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Discovery> {
     Ok(found)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<(String, String)>) -> Result<()> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let path = entry.path();
-        // Follow symbolic links to what they point at.
-        let meta =
-            std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        if meta.is_dir() {
-            walk(&path, out)?;
-        } else if meta.is_file() {
-            out.push(path);
+        // Follow symbolic links to what they point at; one that leads nowhere is counted.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => walk(&path, out, unreadable)?,
+            Ok(meta) if meta.is_file() => out.push(path),
+            Ok(_) => {}
+            Err(e) => unreadable.push((path.display().to_string(), e.to_string())),
         }
     }
     Ok(())

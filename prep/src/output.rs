@@ -54,7 +54,10 @@ impl OutputDir {
                         fs::remove_file(&index)
                             .with_context(|| format!("cannot remove {}", index.display()))?;
                     }
-                    for name in names.iter().filter(|n| is_dataset_file(n)) {
+                    for name in names
+                        .iter()
+                        .filter(|n| is_dataset_file(n) && *n != INDEX_FILE)
+                    {
                         let path = dir.join(name);
                         fs::remove_file(&path)
                             .with_context(|| format!("cannot remove {}", path.display()))?;
