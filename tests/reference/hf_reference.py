@@ -19,6 +19,10 @@ LLAMA3_PATTERN = (
 
 
 def read_docs(path):
+    if path.endswith(".txt"):
+        # A whole text file is one document, as prep's --txt-unit file reads it.
+        with open(path, encoding="utf-8", newline="") as f:
+            return [f.read()]
     with open(path, encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f if line.strip()]
 
