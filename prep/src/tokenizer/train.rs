@@ -2,7 +2,8 @@
 //! `tokenizers` crate's BPE trainer on the documents prep's readers produce, written as a
 //! tokenizer.json (format 1.0) that Hugging Face `tokenizers` and `prep` both load.
 //!
-//! Ids 0, 1, 2 are `<s>`, `</s>` and `<pad>`; then the 256 byte symbols; then the merges.
+//! Ids 0, 1, 2 are `<s>`, `</s>` and `<pad>`; the 256 byte symbols and the merged tokens follow
+//! in the order the trainer numbers them.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
@@ -23,10 +24,6 @@ use crate::readers::{read_file, ReadOptions};
 use crate::records;
 
 pub const SPECIALS: [&str; 3] = ["<s>", "</s>", "<pad>"];
-
-/// GPT-2's pre-tokenization pattern; `tokenizers` runs it natively.
-const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 /// The tokenizer.json of a byte-level BPE with the given vocabulary and merges.
 fn tokenizer_json(vocab: &[(String, u32)], merges: &[(String, String)]) -> String {
@@ -204,10 +201,4 @@ pub fn run(args: &TrainArgs) -> Result<String> {
         vocab.len(),
         merges.len()
     ))
-}
-
-/// The pattern is documented here for readers of the generated file; `tokenizers` expands
-/// `use_regex: true` to exactly this split.
-pub fn gpt2_pattern() -> &'static str {
-    GPT2_PATTERN
 }
