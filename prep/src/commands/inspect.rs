@@ -22,7 +22,8 @@ pub fn run(dir: &Path, blocks: u64, decode: bool) -> Result<String> {
         ix.block_size,
         ix.vocab_size
     );
-    let _ = writeln!(out, "bos/eos    {:?} / {:?}", ix.bos_id, ix.eos_id);
+    let id = |v: Option<u32>| v.map_or("none".to_string(), |id| id.to_string());
+    let _ = writeln!(out, "bos/eos    {} / {}", id(ix.bos_id), id(ix.eos_id));
     let _ = writeln!(
         out,
         "tokenizer  {} (sha256 {})",

@@ -69,11 +69,14 @@ impl Tokenizer {
 
     /// Parses a tokenizer.json in any version the `tokenizers` crate can upgrade.
     pub fn from_json_bytes(json: &[u8]) -> Result<Tokenizer> {
-        let text = std::str::from_utf8(json).context("the file is not UTF-8")?;
-        let canonical = tokenizers::canonicalize_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let pipeline = tokenizers::from_json(&canonical).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let value: serde_json::Value = serde_json::from_str(&canonical)?;
+        // One JSON parse: upgrade the value in place, read the vocabulary from it, and hand the
+        // canonical text to the pipeline's reader.
+        let mut value: serde_json::Value =
+            serde_json::from_slice(json).context("not valid JSON")?;
+        tokenizers::canonicalize_value(&mut value).map_err(|e| anyhow::anyhow!("{e}"))?;
         let (ids, specials) = vocabulary(&value)?;
+        let canonical = serde_json::to_string(&value)?;
+        let pipeline = tokenizers::from_json(&canonical).map_err(|e| anyhow::anyhow!("{e}"))?;
         let vocab_size = ids.values().map(|&id| u64::from(id) + 1).max().unwrap_or(0);
         if vocab_size == 0 {
             bail!("the tokenizer has an empty vocabulary");
