@@ -100,17 +100,22 @@ impl SplitWriter {
 
     fn write_block_from(&mut self, block: &[u32]) -> Result<(), FormatError> {
         debug_assert_eq!(block.len(), self.block_size);
-        self.encoded.clear();
+        // Little-endian bytes, written element-wise into a sized buffer (this loop runs once
+        // per token of the dataset, so it is kept simple enough to vectorise).
+        let width = self.dtype.bytes();
+        self.encoded.resize(block.len() * width, 0);
         match self.dtype {
             Dtype::U16 => {
-                for &t in block {
-                    let t = u16::try_from(t).map_err(|_| self.id_too_large(t))?;
-                    self.encoded.extend_from_slice(&t.to_le_bytes());
+                if let Some(&bad) = block.iter().find(|&&t| t > u32::from(u16::MAX)) {
+                    return Err(self.id_too_large(bad));
+                }
+                for (dst, &t) in self.encoded.chunks_exact_mut(2).zip(block) {
+                    dst.copy_from_slice(&(t as u16).to_le_bytes());
                 }
             }
             Dtype::U32 => {
-                for &t in block {
-                    self.encoded.extend_from_slice(&t.to_le_bytes());
+                for (dst, &t) in self.encoded.chunks_exact_mut(4).zip(block) {
+                    dst.copy_from_slice(&t.to_le_bytes());
                 }
             }
         }

@@ -322,7 +322,7 @@ fn slot(split: Split) -> usize {
 }
 
 impl Packer {
-    fn accept(&mut self, encoded: Encoded, progress: &Progress) -> Result<()> {
+    fn accept(&mut self, encoded: &Encoded, progress: &Progress) -> Result<()> {
         let name = &self.names[encoded.source];
         let source = &mut self.sources[encoded.source];
         for skip in &encoded.skips {

@@ -10,7 +10,8 @@
 //! and hands them to the sink. A chunk may only be read once a permit is free, and a permit
 //! comes back only when its chunk has reached the sink, so at most `window` chunks exist at any
 //! time: memory is bounded whatever the corpus size, and the output is the same for any thread
-//! count because nothing downstream of the workers sees their order.
+//! count because nothing downstream of the workers sees their order. Each permit carries a token
+//! buffer that goes round the loop, so steady state allocates no new token memory.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -82,11 +83,13 @@ pub fn choose_split(text: &str, val_fraction: f64) -> Split {
 }
 
 impl Encoder {
-    pub fn encode(&self, seq: u64, chunk: &Chunk) -> Encoded {
+    /// Tokenizes a chunk into `tokens` (a recycled buffer; its contents are discarded).
+    pub fn encode(&self, seq: u64, chunk: &Chunk, mut tokens: Vec<u32>) -> Encoded {
+        tokens.clear();
         let mut out = Encoded {
             seq,
             source: chunk.source,
-            tokens: Vec::new(),
+            tokens,
             docs: Vec::new(),
             skips: Vec::new(),
             text_bytes: 0,
@@ -142,7 +145,7 @@ pub fn run(
     encoder: Arc<Encoder>,
     threads: usize,
     consumed: Arc<AtomicU64>,
-    sink: &mut dyn FnMut(Encoded) -> Result<()>,
+    sink: &mut dyn FnMut(&Encoded) -> Result<()>,
 ) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -150,10 +153,10 @@ pub fn run(
         .build()
         .map_err(|e| anyhow!("cannot start {threads} worker threads: {e}"))?;
     let window = 2 * threads + 2;
-    let (permit_tx, permit_rx) = mpsc::sync_channel::<()>(window);
+    let (permit_tx, permit_rx) = mpsc::sync_channel::<Vec<u32>>(window);
     for _ in 0..window {
         permit_tx
-            .send(())
+            .send(Vec::new())
             .expect("the channel has room for every permit");
     }
     let (result_tx, result_rx) = mpsc::channel::<Result<Encoded, String>>();
@@ -169,9 +172,12 @@ pub fn run(
                 let mut seq = 0u64;
                 for (source, file) in files.iter().enumerate() {
                     read_file(file, source, &read, &consumed, &mut |chunk| {
-                        if stop.load(Ordering::Relaxed) || permit_rx.recv().is_err() {
+                        if stop.load(Ordering::Relaxed) {
                             return false;
                         }
+                        let Ok(buffer) = permit_rx.recv() else {
+                            return false;
+                        };
                         let tx = result_tx.clone();
                         let encoder = Arc::clone(&encoder);
                         let this = seq;
@@ -180,7 +186,7 @@ pub fn run(
                             // A panic inside the tokenizer must not abort the process or hang
                             // the pipeline: it becomes an error for this chunk.
                             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                encoder.encode(this, &chunk)
+                                encoder.encode(this, &chunk, buffer)
                             }))
                             .map_err(|_| {
                                 format!(
@@ -214,12 +220,13 @@ pub fn run(
             waiting.insert(encoded.seq, encoded);
             while let Some(encoded) = waiting.remove(&next) {
                 next += 1;
-                if let Err(e) = sink(encoded) {
+                if let Err(e) = sink(&encoded) {
                     outcome = Err(e);
                     break 'receive;
                 }
-                // The reader may already have finished and dropped its end.
-                let _ = permit_tx.try_send(());
+                // The permit goes back with the chunk's token buffer. The reader may already
+                // have finished and dropped its end.
+                let _ = permit_tx.try_send(encoded.tokens);
             }
         }
         if outcome.is_err() {
