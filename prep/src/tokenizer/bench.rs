@@ -69,7 +69,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         .num_threads(threads)
         .build()?;
 
-    let encode_all = |docs: &[String]| -> Result<u64> {
+    let encode_all = |tokenizer: &Tokenizer, docs: &[String]| -> Result<u64> {
         let mut scratch = Vec::new();
         let mut out = Vec::new();
         let mut n = 0u64;
@@ -80,15 +80,27 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         }
         Ok(n)
     };
-    // Warm up caches and lazily built tables, then time.
-    encode_all(&docs[..docs.len().min(100)])?;
-    let t = Instant::now();
-    let tokens = encode_all(&docs)?;
-    let one = tokens as f64 / t.elapsed().as_secs_f64();
+    // Each measurement gets a freshly loaded tokenizer, so neither inherits the other's word
+    // caches: prep starts cold too. A few documents warm up lazily built tables first.
+    let fresh = || -> Result<Tokenizer> {
+        let t = Tokenizer::load(&args.tokenizer)?;
+        encode_all(&t, &docs[..docs.len().min(100)])?;
+        Ok(t)
+    };
 
+    let one_tok = fresh()?;
     let t = Instant::now();
-    let per_chunk: Vec<Result<u64>> =
-        pool.install(|| docs.par_chunks(64).map(encode_all).collect());
+    let tokens = encode_all(&one_tok, &docs)?;
+    let one = tokens as f64 / t.elapsed().as_secs_f64();
+    drop(one_tok);
+
+    let all_tok = fresh()?;
+    let t = Instant::now();
+    let per_chunk: Vec<Result<u64>> = pool.install(|| {
+        docs.par_chunks(64)
+            .map(|c| encode_all(&all_tok, c))
+            .collect()
+    });
     let mut all_tokens = 0;
     for r in per_chunk {
         all_tokens += r?;
