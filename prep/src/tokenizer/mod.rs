@@ -100,6 +100,13 @@ impl Tokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.ids.get(token).copied()
     }
+    /// The token string of `id` (model vocabulary or added token).
+    pub fn id_to_token(&self, id: u32) -> Option<&str> {
+        self.ids
+            .iter()
+            .find(|(_, &i)| i == id)
+            .map(|(t, _)| t.as_str())
+    }
     pub fn is_byte(&self) -> bool {
         matches!(self.engine, Engine::Byte)
     }

@@ -1,0 +1,152 @@
+//! Checkpoints load in Hugging Face `transformers` and give the engine's logits; models written
+//! by `transformers` (bf16, sharded, untied, grouped-query) load here with its logits.
+//!
+//! Needs a Python with `torch` and `transformers`: `INGOT_TORCH_PYTHON` names it (default
+//! `python3`). Without one the test is skipped with a message, unless `INGOT_REQUIRE_TORCH=1`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use ingot_train::checkpoint::hf;
+use ingot_train::engine::cpu::CpuEngine;
+use ingot_train::engine::Engine;
+
+fn torch_python() -> Option<PathBuf> {
+    let python = std::env::var_os("INGOT_TORCH_PYTHON")
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let ok = Command::new(&python)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(python);
+    }
+    if std::env::var("INGOT_REQUIRE_TORCH").as_deref() == Ok("1") {
+        panic!(
+            "INGOT_REQUIRE_TORCH=1 but {} cannot import torch and transformers",
+            python.display()
+        );
+    }
+    eprintln!("SKIPPED: no Python with torch and transformers (set INGOT_TORCH_PYTHON); the transformers comparison did not run");
+    None
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/hf_llama.py")
+}
+
+fn hf_logits(python: &Path, model_dir: &Path, tokens: &[u32], work: &Path) -> Vec<f32> {
+    let tok_path = work.join("tokens.json");
+    std::fs::write(&tok_path, serde_json::to_string(tokens).unwrap()).unwrap();
+    let out = Command::new(python)
+        .arg(script())
+        .arg("logits")
+        .arg(model_dir)
+        .arg(&tok_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "transformers failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_value(v["logits"].clone()).unwrap()
+}
+
+/// max |a − b| / max |b|: both sides compute in f32 with different summation orders.
+fn rel_max_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+fn our_logits(model_dir: &Path, tokens: &[u32]) -> Vec<f32> {
+    let m = hf::read_model_dir(model_dir).unwrap();
+    let mut e = CpuEngine::new(m.config, m.params).unwrap();
+    e.logits(tokens).unwrap()
+}
+
+#[test]
+fn checkpoints_load_in_transformers_with_the_same_logits() {
+    let Some(python) = torch_python() else { return };
+    let dir = tempdir();
+    let input = dir.path().join("docs.jsonl");
+    write_jsonl(&input, &documents(300));
+    let shards = dir.path().join("shards");
+    prep_dir(&input, &shards, &["--block-size", "64"]).unwrap();
+    let tokens: Vec<u32> = stream(&shards, "train")[..48].to_vec();
+    // Tied and untied, with grouped-query attention (tiny has 4 heads over 2 kv heads).
+    for tie in ["true", "false"] {
+        let run = dir.path().join(format!("run-{tie}"));
+        let args = [
+            "train",
+            "--shards",
+            path_str(&shards),
+            "--out",
+            path_str(&run),
+            "--model",
+            "tiny",
+            "--seq-len",
+            "64",
+            "--batch-size",
+            "4",
+            "--steps",
+            "5",
+            "--lr",
+            "1e-2",
+            "--no-eval",
+            "--quiet",
+            "--tie-embeddings",
+            tie,
+        ];
+        let cli = <ingot_train::cli::Cli as clap::Parser>::try_parse_from(args).unwrap();
+        let ck = ingot_train::run::run(&cli.train)
+            .unwrap()
+            .checkpoint
+            .unwrap();
+        let ours = our_logits(&ck, &tokens);
+        let theirs = hf_logits(&python, &ck, &tokens, dir.path());
+        let err = rel_max_err(&ours, &theirs);
+        // Tolerance: 1e-5 of the largest logit (f32 on both sides).
+        assert!(
+            err < 1e-5,
+            "tie_embeddings={tie}: logits differ from transformers by {err}"
+        );
+        eprintln!(
+            "tie_embeddings={tie}: logits match transformers to {err:.2e} (relative max error)"
+        );
+    }
+}
+
+#[test]
+fn models_written_by_transformers_load_with_the_same_logits() {
+    let Some(python) = torch_python() else { return };
+    let dir = tempdir();
+    let model_dir = dir.path().join("hf-model");
+    let out = Command::new(&python)
+        .arg(script())
+        .arg("make")
+        .arg(&model_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        model_dir.join("model.safetensors.index.json").exists(),
+        "expected a sharded checkpoint"
+    );
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 37 % 259) as u32).collect();
+    let ours = our_logits(&model_dir, &tokens);
+    let theirs = hf_logits(&python, &model_dir, &tokens, dir.path());
+    let err = rel_max_err(&ours, &theirs);
+    assert!(err < 1e-5, "logits differ from transformers by {err}");
+    eprintln!("transformers-written bf16 sharded model: logits match to {err:.2e}");
+}

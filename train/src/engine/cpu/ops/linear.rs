@@ -1,0 +1,291 @@
+//! Linear layer without bias, with a PyTorch `nn.Linear` weight layout `w[out, in]`.
+//!
+//! Forward:  `y[n,out] = x[n,in] · wᵀ`
+//! Backward: `dx[n,in] = dy[n,out] · w`      (overwritten)
+//!           `dw[out,in] += dyᵀ · x[n,in]`   (accumulated, so several micro-batches can add up)
+//!
+//! All three products go through gemm, single-threaded, inside a fixed partition of output
+//! rows: each output element is produced by exactly one gemm call whose shape depends only on
+//! the tensor shapes, so the result is bitwise identical whatever the rayon thread count.
+
+use rayon::prelude::*;
+
+use super::{matmul, Float};
+
+/// Rows of `y` / `dx` per task. Large enough that gemm's packing of the whole weight per
+/// task stays a small overhead, small enough to keep a few cores busy at n = 2048.
+const ROWS_PER_TASK: usize = 128;
+/// Rows of `dw` per task (the reduction over n stays whole inside one gemm call).
+const DW_ROWS_PER_TASK: usize = 64;
+
+/// `y[n,out] = x[n,in] · w[out,in]ᵀ`.
+pub fn linear_forward<T: Float>(
+    y: &mut [T],
+    x: &[T],
+    w: &[T],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    assert_eq!(y.len(), n * out_dim, "linear_forward: y shape");
+    assert_eq!(x.len(), n * in_dim, "linear_forward: x shape");
+    assert_eq!(w.len(), out_dim * in_dim, "linear_forward: w shape");
+    if out_dim == 0 {
+        return;
+    }
+    if in_dim == 0 {
+        // Empty product; handled here because `x` then has no chunks to zip with.
+        y.fill(T::zero());
+        return;
+    }
+    y.par_chunks_mut(ROWS_PER_TASK * out_dim)
+        .zip(x.par_chunks(ROWS_PER_TASK * in_dim))
+        .for_each(|(y, x)| {
+            let rows = y.len() / out_dim;
+            // b = wᵀ: element (k, j) is w[j, k].
+            matmul(
+                rows,
+                out_dim,
+                in_dim,
+                y,
+                out_dim,
+                x,
+                in_dim,
+                1,
+                w,
+                1,
+                in_dim,
+                T::one(),
+                false,
+            );
+        });
+}
+
+/// `dx = dy · w` (overwrites `dx`), `dw += dyᵀ · x` (accumulates into `dw`).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<T: Float>(
+    dx: &mut [T],
+    dw: &mut [T],
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    assert_eq!(dx.len(), n * in_dim, "linear_backward: dx shape");
+    assert_eq!(dw.len(), out_dim * in_dim, "linear_backward: dw shape");
+    assert_eq!(dy.len(), n * out_dim, "linear_backward: dy shape");
+    assert_eq!(x.len(), n * in_dim, "linear_backward: x shape");
+    assert_eq!(w.len(), out_dim * in_dim, "linear_backward: w shape");
+    if in_dim == 0 {
+        return;
+    }
+    if out_dim == 0 {
+        dx.fill(T::zero());
+        return;
+    }
+    // dx[rows] = dy[rows] · w
+    dx.par_chunks_mut(ROWS_PER_TASK * in_dim)
+        .zip(dy.par_chunks(ROWS_PER_TASK * out_dim))
+        .for_each(|(dx, dy)| {
+            let rows = dx.len() / in_dim;
+            matmul(
+                rows,
+                in_dim,
+                out_dim,
+                dx,
+                in_dim,
+                dy,
+                out_dim,
+                1,
+                w,
+                in_dim,
+                1,
+                T::one(),
+                false,
+            );
+        });
+    // dw[o0..o1] += dy[:, o0..o1]ᵀ · x: a = dyᵀ restricted to these columns of dy.
+    dw.par_chunks_mut(DW_ROWS_PER_TASK * in_dim)
+        .enumerate()
+        .for_each(|(task, dw)| {
+            let o0 = task * DW_ROWS_PER_TASK;
+            let rows = dw.len() / in_dim;
+            matmul(
+                rows,
+                in_dim,
+                n,
+                dw,
+                in_dim,
+                &dy[o0.min(dy.len())..],
+                1,
+                out_dim,
+                x,
+                in_dim,
+                1,
+                T::one(),
+                true,
+            );
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::*;
+
+    fn naive_forward(x: &[f64], w: &[f64], n: usize, i: usize, o: usize) -> Vec<f64> {
+        let mut y = vec![0.0; n * o];
+        for r in 0..n {
+            for c in 0..o {
+                let mut s = 0.0;
+                for p in 0..i {
+                    s += x[r * i + p] * w[c * i + p];
+                }
+                y[r * o + c] = s;
+            }
+        }
+        y
+    }
+
+    /// Odd sizes exercise every gemm edge path; tolerance 1e-12 relative (f64 reordering).
+    #[test]
+    fn linear_forward_matches_naive_f64() {
+        for &(n, i, o) in &[(37, 19, 23), (1, 1, 1), (130, 3, 200), (5, 64, 1)] {
+            let mut rng = Rng::new(10 + n as u64);
+            let x = rng.vec(n * i);
+            let w = rng.vec(o * i);
+            let mut y = vec![f64::NAN; n * o];
+            linear_forward(&mut y, &x, &w, n, i, o);
+            let want = naive_forward(&x, &w, n, i, o);
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
+
+    /// Backward against naive loops too (covers several dw and dx tasks).
+    #[test]
+    fn linear_backward_matches_naive_f64() {
+        let (n, i, o) = (150, 21, 70);
+        let mut rng = Rng::new(11);
+        let x = rng.vec(n * i);
+        let w = rng.vec(o * i);
+        let dy = rng.vec(n * o);
+        let dw0 = rng.vec(o * i);
+        let mut dx = vec![f64::NAN; n * i];
+        let mut dw = dw0.clone();
+        linear_backward(&mut dx, &mut dw, &dy, &x, &w, n, i, o);
+        for r in 0..n {
+            for p in 0..i {
+                let want: f64 = (0..o).map(|c| dy[r * o + c] * w[c * i + p]).sum();
+                assert!((dx[r * i + p] - want).abs() <= 1e-12 * (1.0 + want.abs()));
+            }
+        }
+        for c in 0..o {
+            for p in 0..i {
+                let want =
+                    dw0[c * i + p] + (0..n).map(|r| dy[r * o + c] * x[r * i + p]).sum::<f64>();
+                assert!((dw[c * i + p] - want).abs() <= 1e-12 * (1.0 + want.abs()));
+            }
+        }
+    }
+
+    /// Gradient check of both outputs of the backward, tolerance [`GRAD_TOL`].
+    #[test]
+    fn linear_grad_check_f64() {
+        let (n, i, o) = (6, 5, 7);
+        let mut rng = Rng::new(12);
+        let x = rng.vec(n * i);
+        let w = rng.vec(o * i);
+        let r = rng.vec(n * o);
+        let loss = |x: &[f64], w: &[f64]| {
+            let mut y = vec![0.0; n * o];
+            linear_forward(&mut y, x, w, n, i, o);
+            dot(&y, &r)
+        };
+        let mut dx = vec![f64::NAN; n * i];
+        let dw0 = rng.vec(o * i);
+        let mut dw = dw0.clone();
+        linear_backward(&mut dx, &mut dw, &r, &x, &w, n, i, o);
+        let dw: Vec<f64> = dw.iter().zip(&dw0).map(|(a, b)| a - b).collect();
+        grad_check("dx", &x, &dx, |x| loss(x, &w));
+        grad_check("dw", &w, &dw, |w| loss(&x, w));
+    }
+
+    /// f32 forward against the f64 forward, tolerance [`F32_TOL`] (max-norm relative).
+    #[test]
+    fn linear_forward_f32_matches_f64() {
+        let (n, i, o) = (70, 288, 40);
+        let mut rng = Rng::new(13);
+        let x = rng.vec(n * i);
+        let w = rng.vec(o * i);
+        let mut y = vec![0.0; n * o];
+        linear_forward(&mut y, &x, &w, n, i, o);
+        let mut y32 = vec![0.0f32; n * o];
+        linear_forward(&mut y32, &to_f32(&x), &to_f32(&w), n, i, o);
+        let err = max_rel_err(&y32, &y);
+        assert!(err < F32_TOL, "rel err {err:e}");
+    }
+
+    /// Forward + backward in f32 are bitwise identical with 1 and 3 threads.
+    #[test]
+    fn linear_deterministic_across_thread_counts() {
+        let (n, i, o) = (300, 40, 200);
+        let mut rng = Rng::new(14);
+        let x = to_f32(&rng.vec(n * i));
+        let w = to_f32(&rng.vec(o * i));
+        let dy = to_f32(&rng.vec(n * o));
+        let run = |threads| {
+            in_pool(threads, || {
+                let mut y = vec![0.0f32; n * o];
+                linear_forward(&mut y, &x, &w, n, i, o);
+                let mut dx = vec![0.0f32; n * i];
+                let mut dw = vec![0.5f32; o * i];
+                linear_backward(&mut dx, &mut dw, &dy, &x, &w, n, i, o);
+                (bits(&y), bits(&dx), bits(&dw))
+            })
+        };
+        assert!(run(1) == run(3), "results differ between 1 and 3 threads");
+    }
+
+    /// Throughput of the f32 forward at a small Llama's MLP size, with the ambient pool, with
+    /// one thread, and for one single-threaded gemm over the whole product (the ceiling of the
+    /// one-thread figure); run with
+    /// `cargo test -p ingot-train --release linear_forward_f32_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn linear_forward_f32_speed() {
+        let (n, i, o) = (2048, 288, 768);
+        let mut rng = Rng::new(15);
+        let x = to_f32(&rng.vec(n * i));
+        let w = to_f32(&rng.vec(o * i));
+        let mut y = vec![0.0f32; n * o];
+        let flop = 2.0 * (n * i * o) as f64;
+        let mut time = |label: &str, f: &mut dyn FnMut(&mut [f32])| {
+            f(&mut y);
+            let iters = 40;
+            let t0 = std::time::Instant::now();
+            for _ in 0..iters {
+                f(&mut y);
+            }
+            let s = t0.elapsed().as_secs_f64() / iters as f64;
+            println!(
+                "linear_forward f32 n={n} in={i} out={o}, {label}: {:.2} ms, {:.1} GFLOP/s",
+                s * 1e3,
+                flop / s / 1e9
+            );
+        };
+        let threads = rayon::current_num_threads();
+        time(&format!("{threads} threads"), &mut |y| {
+            linear_forward(y, &x, &w, n, i, o)
+        });
+        time("1 thread", &mut |y| {
+            in_pool(1, || linear_forward(y, &x, &w, n, i, o))
+        });
+        time("one whole gemm call", &mut |y| {
+            matmul(n, o, i, y, o, &x, i, 1, &w, 1, i, 1.0, false)
+        });
+    }
+}

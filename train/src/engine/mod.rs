@@ -1,0 +1,60 @@
+//! The seam between the training loop and the engines that compute the model.
+//!
+//! The loop hands an engine micro-batches of token ids and asks for losses, optimizer steps,
+//! evaluation and parameter import/export; it never knows which engine runs. The CPU engine
+//! ([`cpu::CpuEngine`]) is the f32 reference.
+
+pub mod cpu;
+pub mod optim;
+
+use anyhow::Result;
+
+use crate::model::ModelConfig;
+pub use optim::AdamW;
+
+/// A micro-batch: `batch` rows of `seq` token ids, row-major. Within a row, positions
+/// `0..seq-1` predict tokens `1..seq` (Hugging Face's causal-LM loss).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub tokens: &'a [u32],
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl Batch<'_> {
+    /// Number of predictions (loss terms) in the batch.
+    pub fn predictions(&self) -> usize {
+        self.batch * self.seq.saturating_sub(1)
+    }
+}
+
+/// AdamW state that a checkpoint must carry to resume exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerState {
+    /// Optimizer steps taken (for bias correction).
+    pub step: u64,
+    pub exp_avg: Vec<f32>,
+    pub exp_avg_sq: Vec<f32>,
+}
+
+pub trait Engine: Send {
+    /// A short name for messages, e.g. `cpu`.
+    fn name(&self) -> String;
+    fn config(&self) -> &ModelConfig;
+    /// Forward and backward on one micro-batch. Gradients are added to the engine's gradient
+    /// buffer, multiplied by `grad_scale` (1/k when accumulating k micro-batches). Returns the
+    /// micro-batch's mean loss.
+    fn forward_backward(&mut self, batch: &Batch, grad_scale: f32) -> Result<f32>;
+    /// Mean loss without gradients.
+    fn loss(&mut self, batch: &Batch) -> Result<f32>;
+    /// Logits `[tokens.len(), vocab]` of one sequence.
+    fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Clips the accumulated gradients to `grad_clip` global norm (if given), takes one AdamW
+    /// step at `lr`, and zeroes the gradients. Returns the global norm before clipping.
+    fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32>;
+    /// Parameters as one flat f32 buffer in the model's [`crate::model::Layout`].
+    fn params(&self) -> Vec<f32>;
+    fn set_params(&mut self, params: &[f32]) -> Result<()>;
+    fn optimizer_state(&self) -> OptimizerState;
+    fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;
+}

@@ -1,0 +1,20 @@
+//! `train`: pretrains a Llama on memory-mapped ingot shards.
+//!
+//! - [`model`]: the shape, presets, the flat parameter layout with HF-named views, init.
+//! - [`engine`]: the seam the loop talks to, AdamW, and the CPU engine with its ops.
+//! - [`data`]: epochs of shuffled blocks from the shards; [`schedule`]: learning rates.
+//! - [`checkpoint`]: Hugging Face model directories plus training state, saved atomically.
+//! - [`run`]: the training loop; [`sample`] and [`evaluate`]: the other subcommands.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod device;
+pub mod engine;
+pub mod evaluate;
+pub mod metrics;
+pub mod model;
+pub mod plot;
+pub mod run;
+pub mod sample;
+pub mod schedule;

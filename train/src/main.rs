@@ -1,0 +1,63 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use ingot_train::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn threads(n: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = n {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()?;
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => {
+            let args = cli.train.merged_with_file()?;
+            threads(args.threads)?;
+            let s = ingot_train::run::run(&args)?;
+            let val = match (s.val_loss, s.val_ppl) {
+                (Some(l), Some(p)) => format!(", val loss {l:.4} (perplexity {p:.2})"),
+                _ => String::new(),
+            };
+            let how = if s.stopped_early {
+                "stopped at"
+            } else {
+                "finished"
+            };
+            println!(
+                "{how} step {}: train loss {:.4}{val}, {} tokens, {:.0} tokens/s",
+                s.steps, s.final_loss, s.tokens, s.tokens_per_second
+            );
+            if let Some(ck) = s.checkpoint {
+                println!("checkpoint: {}", ck.display());
+            }
+        }
+        Some(Command::Sample(args)) => {
+            threads(args.threads)?;
+            println!("{}", ingot_train::sample::run(&args)?);
+        }
+        Some(Command::Eval(args)) => {
+            threads(args.threads)?;
+            let r = ingot_train::evaluate::run(&args)?;
+            println!(
+                "{} split: {} sequences, loss {:.4}, perplexity {:.3}",
+                r.split, r.sequences, r.loss, r.perplexity
+            );
+        }
+    }
+    Ok(())
+}
