@@ -95,30 +95,72 @@ pub(crate) fn matmul<T: Float>(
         "matmul: b too small"
     );
     // SAFETY: every index gemm touches lies inside the slices (checked above); `c` is a
-    // unique borrow so it cannot alias `a` or `b`; T is f32 or f64 (the only `Float` impls).
+    // unique borrow so it cannot alias `a` or `b`.
     unsafe {
-        gemm::gemm(
+        gemm_raw(
             m,
             n,
             k,
             c.as_mut_ptr(),
-            1,
-            c_rs as isize,
-            accumulate,
+            c_rs,
             a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
+            a_rs,
+            a_cs,
             b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            T::one(),
+            b_rs,
+            b_cs,
             scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+            accumulate,
+        )
     }
+}
+
+/// [`matmul`] on raw pointers (for callers writing disjoint tiles of one buffer from
+/// several threads), always single-threaded inside gemm.
+///
+/// # Safety
+/// Every element `c[r·c_rs + j]`, `a[r·a_rs + p·a_cs]`, `b[p·b_rs + j·b_cs]` for `r < m`,
+/// `j < n`, `p < k` must be valid, `c`'s elements must not be read or written by anyone
+/// else during the call, and `k` must be positive.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut T,
+    c_rs: usize,
+    a: *const T,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const T,
+    b_rs: usize,
+    b_cs: usize,
+    scale: T,
+    accumulate: bool,
+) {
+    // gemm computes dst = alpha·dst + beta·(lhs·rhs); alpha is ignored when !read_dst.
+    // T is f32 or f64 (the only `Float` impls), the types gemm dispatches on.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs as isize,
+        accumulate,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        T::one(),
+        scale,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
 }
 
 /// Helpers shared by the tests of every op file.
