@@ -559,4 +559,50 @@ mod tests {
         };
         assert!(run(1) == run(3), "results differ between 1 and 3 threads");
     }
+
+    /// Throughput at T = 1024; run with
+    /// `cargo test -p ingot-train --release attention_f32_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn attention_f32_speed() {
+        let s = Shape {
+            b: 2,
+            t: 1024,
+            nh: 8,
+            nkv: 4,
+            hd: 64,
+        };
+        let (q, k, v) = inputs(&s, 78);
+        let (q, k, v) = (to_f32(&q), to_f32(&k), to_f32(&v));
+        let dout = to_f32(&Rng::new(79).vec(q.len()));
+        let mut out = vec![0.0f32; q.len()];
+        let mut probs = vec![0.0f32; s.b * s.nh * s.t * s.t];
+        let (mut dq, mut dk, mut dv) = (
+            vec![0.0f32; q.len()],
+            vec![0.0f32; k.len()],
+            vec![0.0f32; v.len()],
+        );
+        // Useful (causal) FLOPs: two t×t×hd products forward, four backward, halved.
+        let fwd_flop = (s.b * s.nh) as f64 * 2.0 * (s.t * s.t * s.hd) as f64;
+        let iters = 3;
+        let t0 = std::time::Instant::now();
+        for _ in 0..iters {
+            attention_forward(
+                &mut out, &mut probs, &q, &k, &v, s.b, s.t, s.nh, s.nkv, s.hd,
+            );
+        }
+        let f = t0.elapsed().as_secs_f64() / iters as f64;
+        let t0 = std::time::Instant::now();
+        for _ in 0..iters {
+            attention_backward(
+                &mut dq, &mut dk, &mut dv, &dout, &probs, &q, &k, &v, s.b, s.t, s.nh, s.nkv, s.hd,
+            );
+        }
+        let bwd = t0.elapsed().as_secs_f64() / iters as f64;
+        println!(
+            "attention f32 b={} t={} nh={} nkv={} hd={}: forward {:.1} ms ({:.1} GFLOP/s), backward {:.1} ms ({:.1} GFLOP/s)",
+            s.b, s.t, s.nh, s.nkv, s.hd,
+            f * 1e3, fwd_flop / f / 1e9, bwd * 1e3, 2.0 * fwd_flop / bwd / 1e9
+        );
+    }
 }
