@@ -238,6 +238,17 @@ fn fatal_problems_are_one_line_errors_with_nothing_written() {
 
     assert!(fatal(&input, &out, &["--block-size", "100000"]).contains("smaller than one block"));
     assert!(fatal(&input, &out, &["--block-size", "0"]).contains("--block-size must be at least 1"));
+    assert!(fatal(&input, &out, &["--block-size", "16777217"]).contains("at most 16777216"));
+    assert!(
+        fatal(&input, &out, &["--block-size", "8", "--threads", "1025"]).contains("at most 1024")
+    );
+    assert!(fatal(
+        &input,
+        &out,
+        &["--block-size", "8", "--threads", &usize::MAX.to_string()]
+    )
+    .contains("--threads"));
+    assert!(fatal(&input, &out, &["--block-size", "8", "--threads", "0"]).contains("--threads"));
     assert!(fatal(
         &input,
         &out,
@@ -278,4 +289,185 @@ fn fatal_problems_are_one_line_errors_with_nothing_written() {
     let file = dir.path().join("afile");
     std::fs::write(&file, "x").unwrap();
     assert!(fatal(&input, &file, &["--block-size", "8"]).contains("afile"));
+}
+
+#[test]
+fn a_failure_after_the_last_shard_leaves_no_shard_behind() {
+    // Every document goes to val, so the val split has shards and the train split none:
+    // the build fails after both splits' last shards were finished.
+    let dir = tempdir();
+    let input = dir.path().join("d.jsonl");
+    let docs: Vec<String> = (0..400)
+        .map(|i| format!("document number {i} with some words in it"))
+        .filter(|d| ingot_prep::pipeline::choose_split(d, 0.95) == ingot_prep::pipeline::Split::Val)
+        .collect();
+    assert!(docs.len() > 300);
+    write_jsonl(&input, &docs);
+    let out = dir.path().join("o");
+    let msg = fatal(
+        &input,
+        &out,
+        &["--block-size", "64", "--val-fraction", "0.95"],
+    );
+    assert!(msg.contains("smaller than one block"), "{msg}");
+    assert!(!out.exists(), "the output directory is removed");
+
+    // Into an existing directory: only our files go, the directory and other files stay.
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "keep").unwrap();
+    let msg = fatal(
+        &input,
+        &out,
+        &["--block-size", "64", "--val-fraction", "0.95", "--force"],
+    );
+    assert!(msg.contains("smaller than one block"), "{msg}");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["notes.txt"]);
+}
+
+/// A WordLevel tokenizer whose `unk_token` is not in its vocabulary: it fails on any word but
+/// `a`, `b` and `END`.
+fn wordlevel_failing_on_unknown_words(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("wl.json");
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1, "END": 2}, "unk_token": "[UNK]"}
+    });
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn a_tokenizer_error_in_one_piece_of_a_long_document_leaves_out_that_piece() {
+    let dir = tempdir();
+    let tok = wordlevel_failing_on_unknown_words(dir.path());
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    let lines = "a b\n".repeat((3 << 20) / 4);
+    // The unknown word in the first piece (which opens the document), in the last piece
+    // (which closes it), and a short document after them.
+    std::fs::write(corpus.join("1.txt"), format!("a\nzzz\n{lines}")).unwrap();
+    std::fs::write(corpus.join("2.txt"), format!("{lines}zzz")).unwrap();
+    std::fs::write(corpus.join("3.txt"), "a b a").unwrap();
+    let out = dir.path().join("o");
+    let args = [
+        "--block-size",
+        "1",
+        "--val-fraction",
+        "0",
+        "--no-bos",
+        "--eos",
+        "END",
+        "--tokenizer",
+        path_str(&tok),
+    ];
+    prep_dir(&corpus, &out, &args).unwrap();
+    let index = Index::read(&out).unwrap();
+    assert_eq!(index.stats.skipped.get("tokenizer_error"), Some(&2));
+    assert_eq!(index.stats.documents, 3);
+    let stream = stream(&out, "train");
+    // Every document is closed by its EOS, and the last one is whole.
+    assert_eq!(stream.iter().filter(|&&t| t == 2).count(), 3);
+    assert!(
+        stream.ends_with(&[2, 0, 1, 0, 2]),
+        "{:?}",
+        &stream[stream.len() - 5..]
+    );
+    // Each document lost one piece: document 1 its first (at least the first mebibyte, which
+    // decides the split), document 2 only its short last one.
+    let words = 2 * lines.len() / 4;
+    let first_eos = stream.iter().position(|&t| t == 2).unwrap();
+    let doc2 = stream[first_eos + 1..]
+        .iter()
+        .position(|&t| t == 2)
+        .unwrap();
+    assert!(first_eos + 500_000 < words, "{first_eos} of {words}");
+    assert!(doc2 < words && doc2 + 1000 > words, "{doc2} of {words}");
+
+    // With --strict the first failure stops the run, naming the file.
+    let err = prep_dir(
+        &corpus,
+        &dir.path().join("s"),
+        &[&args[..], &["--strict"]].concat(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("1.txt:1: tokenizer failed"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn a_line_longer_than_64_mib_is_skipped_and_counted() {
+    let dir = tempdir();
+    let input = dir.path().join("big.txt");
+    let mut bytes = b"the first line\n".to_vec();
+    bytes.resize(bytes.len() + (70 << 20), b'x');
+    bytes.extend_from_slice(b"\nthe line after it\n");
+    std::fs::write(&input, bytes).unwrap();
+    let skipped = skips_of(&input, &dir.path().join("o"), &["--txt-unit", "line"]);
+    assert_eq!(skipped.get("record_too_large"), Some(&1));
+    let index = Index::read(&dir.path().join("o")).unwrap();
+    assert_eq!(index.stats.documents, 2);
+    assert_eq!(
+        index.stats.bytes,
+        ("the first line".len() + "the line after it".len()) as u64
+    );
+    let err = prep_dir(
+        &input,
+        &dir.path().join("s"),
+        &["--block-size", "8", "--txt-unit", "line", "--strict"],
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("big.txt:2: record longer than 64 MiB"),
+        "{msg}"
+    );
+    assert!(msg.contains("record_too_large"), "{msg}");
+}
+
+#[test]
+fn a_directory_link_cycle_is_read_once() {
+    let dir = tempdir();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(corpus.join("sub")).unwrap();
+    std::fs::write(corpus.join("sub/a.jsonl"), good_lines(10)).unwrap();
+    std::os::unix::fs::symlink(".", corpus.join("sub/loop")).unwrap();
+    let skipped = skips_of(&corpus, &dir.path().join("o"), &[]);
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let index = Index::read(&dir.path().join("o")).unwrap();
+    assert_eq!(index.stats.documents, 10);
+    assert_eq!(index.stats.sources.len(), 1);
+}
+
+#[test]
+fn a_subdirectory_that_cannot_be_listed_is_counted() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(corpus.join("locked")).unwrap();
+    std::fs::write(corpus.join("a.jsonl"), good_lines(10)).unwrap();
+    std::fs::write(corpus.join("locked/b.jsonl"), good_lines(10)).unwrap();
+    let locked = corpus.join("locked");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read_dir(&locked).is_ok() {
+        // Running as root: permissions do not stop listing. `discover`'s unit tests cover
+        // a directory that cannot be listed.
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+        eprintln!("SKIPPED: permissions do not apply to this user");
+        return;
+    }
+    let skipped = skips_of(&corpus, &dir.path().join("o"), &[]);
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(skipped.get("unreadable_file"), Some(&1));
+    assert_eq!(
+        Index::read(&dir.path().join("o")).unwrap().stats.documents,
+        10
+    );
 }

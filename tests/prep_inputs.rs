@@ -487,3 +487,78 @@ fn force_replaces_a_dataset_and_keeps_other_files() {
     );
     ingot_formats::verify_dataset(&out).unwrap();
 }
+
+#[test]
+fn a_bom_at_the_start_of_a_file_is_not_text() {
+    let dir = tempdir();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    // A BOM opens each file; one later in a file is text like any other.
+    std::fs::write(
+        corpus.join("a.jsonl"),
+        "\u{feff}{\"text\": \"first\"}\n{\"text\": \"second\"}\n",
+    )
+    .unwrap();
+    std::fs::write(corpus.join("b.txt"), "\u{feff}whole file \u{feff}").unwrap();
+    let out = dir.path().join("o");
+    prep_dir(&corpus, &out, &["--block-size", "1", "--val-fraction", "0"]).unwrap();
+    let index = Index::read(&out).unwrap();
+    assert!(index.stats.skipped.is_empty(), "{:?}", index.stats.skipped);
+    let docs: Vec<String> = vec![
+        "first".into(),
+        "second".into(),
+        "whole file \u{feff}".into(),
+    ];
+    assert_eq!(
+        stream(&out, "train"),
+        expected_stream(&byte_ids(&docs), Some(BOS), Some(EOS))
+    );
+}
+
+#[test]
+fn parquet_chunks_stay_near_the_chunk_size_whatever_the_rows() {
+    use ingot_prep::discover::{Compression, Format, InputFile};
+    use ingot_prep::readers::{parquet, Body, ReadOptions, TxtUnit, CHUNK_BYTES};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    let dir = tempdir();
+    let path = dir.path().join("long-rows.parquet");
+    let row = "x".repeat(300 << 10);
+    let values: Vec<Option<&str>> = (0..40).map(|_| Some(row.as_str())).collect();
+    write_parquet(&path, "text", &values);
+    let file = InputFile {
+        size: std::fs::metadata(&path).unwrap().len(),
+        path,
+        name: "long-rows.parquet".into(),
+        format: Format::Parquet,
+        compression: Compression::None,
+    };
+    let options = ReadOptions {
+        txt_unit: TxtUnit::File,
+        text_path: vec!["text".into()],
+    };
+    let mut chunks = Vec::new();
+    parquet::read(
+        &file,
+        0,
+        &options,
+        &Arc::new(AtomicU64::new(0)),
+        &mut |chunk| {
+            let Body::Rows(rows) = chunk.body else {
+                panic!("{chunk:?}")
+            };
+            let bytes: usize = rows
+                .iter()
+                .map(|(_, v)| v.as_ref().map_or(0, |v| v.len()))
+                .sum();
+            chunks.push((chunk.first_line, rows.len(), bytes));
+            true
+        },
+    );
+    assert_eq!(chunks.iter().map(|c| c.1).sum::<usize>(), 40);
+    for (_, _, bytes) in &chunks {
+        assert!(*bytes < CHUNK_BYTES + row.len(), "{chunks:?}");
+    }
+    assert_eq!(chunks[1].0, chunks[0].1 as u64 + 1, "row numbers run on");
+}

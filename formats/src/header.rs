@@ -45,9 +45,23 @@ impl ShardHeader {
         }
     }
 
-    /// Payload length in bytes that this header promises.
+    /// Payload length in bytes that this header promises, or `None` when it does not fit a u64
+    /// (only a forged header can say so; [`ShardHeader::decode`] refuses one).
+    pub fn checked_payload_bytes(&self) -> Option<u64> {
+        self.blocks
+            .checked_mul(self.block_size)?
+            .checked_mul(self.dtype.bytes() as u64)
+    }
+
+    /// Payload length in bytes that this header promises. Exact for every header that
+    /// [`ShardHeader::decode`] accepts; saturates (never panics) on a forged one.
     pub fn payload_bytes(&self) -> u64 {
-        self.blocks * self.block_size * self.dtype.bytes() as u64
+        self.checked_payload_bytes().unwrap_or(u64::MAX)
+    }
+
+    /// Size of the whole shard file, header included, or `None` when it does not fit a u64.
+    pub fn checked_file_bytes(&self) -> Option<u64> {
+        self.checked_payload_bytes()?.checked_add(self.header_bytes)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -100,8 +114,22 @@ impl ShardHeader {
         if header.block_size == 0 {
             return Err("block_size is 0".into());
         }
-        if header.header_bytes < HEADER_USED as u64 || !header.header_bytes.is_multiple_of(8) {
-            return Err(format!("invalid header_bytes {}", header.header_bytes));
+        // Version 1 fixes the payload offset; any other value is corruption, and accepting it
+        // would let a forged value reach size arithmetic.
+        if header.header_bytes != HEADER_BYTES as u64 {
+            return Err(format!(
+                "header_bytes is {}, version {FORMAT_VERSION} shards have {HEADER_BYTES}",
+                header.header_bytes
+            ));
+        }
+        if header.blocks == 0 {
+            return Err("blocks is 0; a shard holds at least one block".into());
+        }
+        if header.checked_file_bytes().is_none() {
+            return Err(format!(
+                "{} blocks of {} tokens do not fit in a file",
+                header.blocks, header.block_size
+            ));
         }
         Ok(header)
     }
@@ -132,6 +160,32 @@ mod tests {
                 "flip at byte {i} passed"
             );
         }
+    }
+
+    /// A header with a valid checksum but values no writer produces.
+    fn forged(block_size: u64, blocks: u64, header_bytes: u64) -> Vec<u8> {
+        let mut h = ShardHeader::new(Dtype::U32, block_size, blocks, 0);
+        h.header_bytes = header_bytes;
+        h.encode()
+    }
+
+    #[test]
+    fn forged_sizes_are_refused_not_overflowed() {
+        for (bytes, why) in [
+            (forged(8, 1 << 62, 4096), "fit"),
+            (forged(1 << 40, 1 << 30, 4096), "fit"),
+            (forged(8, 0, 4096), "blocks is 0"),
+            (forged(8, 3, 64), "header_bytes is 64"),
+            (forged(8, 3, 1 << 40), "header_bytes"),
+        ] {
+            let err = ShardHeader::decode(&bytes).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        let mut h = ShardHeader::new(Dtype::U32, 8, 1 << 62, 0);
+        assert_eq!(h.checked_payload_bytes(), None);
+        assert_eq!(h.payload_bytes(), u64::MAX);
+        h.blocks = 3;
+        assert_eq!(h.checked_file_bytes(), Some(4096 + 96));
     }
 
     #[test]

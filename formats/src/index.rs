@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Dtype, FormatError, FORMAT_NAME, FORMAT_VERSION};
+use crate::{Dtype, FormatError, FORMAT_NAME, FORMAT_VERSION, HEADER_BYTES};
 
 pub const INDEX_FILE: &str = "index.json";
 
@@ -79,7 +79,7 @@ pub struct Stats {
     pub tokens: u64,
     /// Tokens dropped at the tails of both splits.
     pub tokens_dropped: u64,
-    /// Input bytes read (after decompression).
+    /// UTF-8 bytes of the document text that was tokenized (not the bytes read from disk).
     pub bytes: u64,
     /// Records (or files) skipped, by reason.
     pub skipped: BTreeMap<String, u64>,
@@ -102,9 +102,19 @@ impl Index {
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A mistyped path is not an interrupted prep: say which it is.
+                if !dir.exists() {
+                    return Err(FormatError::io(
+                        dir,
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "no such directory (give the dataset directory prep wrote)",
+                        ),
+                    ));
+                }
                 return Err(FormatError::MissingIndex {
                     dir: dir.to_path_buf(),
-                })
+                });
             }
             Err(e) => return Err(FormatError::io(path, e)),
         };
@@ -151,30 +161,59 @@ impl Index {
                 }
             }
         }
+        // Every size below comes from the file, so the arithmetic is checked: a forged value
+        // is an error, never an overflow.
+        if self.header_bytes != HEADER_BYTES as u64 {
+            return Err(format!(
+                "header_bytes is {}, version {FORMAT_VERSION} has {HEADER_BYTES}",
+                self.header_bytes
+            ));
+        }
+        if !is_plain_file_name(&self.tokenizer.file) {
+            return Err(format!(
+                "tokenizer file name {:?} must be a plain file name",
+                self.tokenizer.file
+            ));
+        }
+        let width = self.dtype.bytes() as u64;
         for (name, split) in self.splits.iter() {
-            let sum: u64 = split.shards.iter().map(|s| s.blocks).sum();
+            let mut sum = 0u64;
+            for shard in &split.shards {
+                if !is_plain_file_name(&shard.file) {
+                    return Err(format!(
+                        "shard file name {:?} must be a plain file name",
+                        shard.file
+                    ));
+                }
+                if shard.blocks == 0 {
+                    return Err(format!("shard {}: 0 blocks", shard.file));
+                }
+                let fits = shard
+                    .blocks
+                    .checked_mul(self.block_size)
+                    .and_then(|t| t.checked_mul(width))
+                    .and_then(|b| b.checked_add(self.header_bytes));
+                if fits.is_none() {
+                    return Err(format!(
+                        "shard {}: {} blocks of {} tokens do not fit in a file",
+                        shard.file, shard.blocks, self.block_size
+                    ));
+                }
+                sum = sum
+                    .checked_add(shard.blocks)
+                    .ok_or_else(|| format!("split {name}: the shards' block counts overflow"))?;
+            }
             if sum != split.blocks {
                 return Err(format!(
                     "split {name}: shards hold {sum} blocks but the split says {}",
                     split.blocks
                 ));
             }
-            if split.tokens != split.blocks * self.block_size {
+            if split.blocks.checked_mul(self.block_size) != Some(split.tokens) {
                 return Err(format!(
                     "split {name}: {} tokens is not blocks × block_size",
                     split.tokens
                 ));
-            }
-            for shard in &split.shards {
-                if shard.file.contains('/')
-                    || shard.file.contains('\\')
-                    || shard.file.starts_with('.')
-                {
-                    return Err(format!(
-                        "shard file name {:?} must be a plain file name",
-                        shard.file
-                    ));
-                }
             }
         }
         Ok(())
@@ -202,6 +241,11 @@ impl Index {
         }
         Ok(path)
     }
+}
+
+/// A name in the dataset directory itself: no path separators, not hidden, not empty.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && !name.contains('\\') && !name.starts_with('.')
 }
 
 /// Makes a rename durable. Directories cannot be opened for syncing on every platform; where they

@@ -74,13 +74,14 @@ impl Shard {
             reason,
         })?;
         check_header_against_index(path, &header, expected)?;
-        let want = header.header_bytes + header.payload_bytes();
-        if map.len() as u64 != want {
+        let want = header.checked_file_bytes();
+        if want != Some(map.len() as u64) {
             return Err(FormatError::Mismatch {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "file is {} bytes, header promises {want}: truncated or overwritten",
-                    map.len()
+                    "file is {} bytes, header promises {}: truncated or overwritten",
+                    map.len(),
+                    want.map_or("more than 2^64".to_string(), |w| w.to_string())
                 ),
             });
         }

@@ -45,7 +45,10 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport, FormatError> {
                 .metadata()
                 .map_err(|e| FormatError::io(&path, e))?
                 .len();
-            let mut head = vec![0u8; HEADER_BYTES.min(len as usize)];
+            // Sizes below come from the file: decode refuses values that overflow, and the
+            // arithmetic stays checked anyway.
+            let head_len = len.min(HEADER_BYTES as u64) as usize;
+            let mut head = vec![0u8; head_len];
             file.read_exact(&mut head)
                 .map_err(|e| FormatError::io(&path, e))?;
             let header = ShardHeader::decode(&head).map_err(|reason| FormatError::BadHeader {
@@ -53,26 +56,29 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport, FormatError> {
                 reason,
             })?;
             check_header_against_index(&path, &header, Some((&index, entry)))?;
-            let want = header.header_bytes + header.payload_bytes();
-            if len != want {
+            let want = header.checked_file_bytes();
+            if want != Some(len) {
                 return Err(FormatError::Mismatch {
                     path,
-                    reason: format!("file is {len} bytes, header promises {want}"),
+                    reason: format!(
+                        "file is {len} bytes, header promises {}",
+                        want.map_or("more than 2^64".to_string(), |w| w.to_string())
+                    ),
                 });
             }
             // Skip any padding beyond the bytes already read, then hash the payload.
-            let mut skip = header.header_bytes as usize - head.len();
+            let mut skip = header.header_bytes.saturating_sub(head_len as u64);
             let mut buf = vec![0u8; 1 << 20];
             while skip > 0 {
-                let n = skip.min(buf.len());
+                let n = skip.min(buf.len() as u64) as usize;
                 file.read_exact(&mut buf[..n])
                     .map_err(|e| FormatError::io(&path, e))?;
-                skip -= n;
+                skip -= n as u64;
             }
             let mut hasher = PayloadHasher::new();
             let mut left = header.payload_bytes();
             while left > 0 {
-                let n = (left as usize).min(buf.len());
+                let n = left.min(buf.len() as u64) as usize;
                 file.read_exact(&mut buf[..n])
                     .map_err(|e| FormatError::io(&path, e))?;
                 hasher.update(&buf[..n]);
@@ -85,8 +91,8 @@ pub fn verify_dataset(dir: &Path) -> Result<VerifyReport, FormatError> {
                 });
             }
             report.shards += 1;
-            report.blocks += header.blocks;
-            report.payload_bytes += header.payload_bytes();
+            report.blocks = report.blocks.saturating_add(header.blocks);
+            report.payload_bytes = report.payload_bytes.saturating_add(header.payload_bytes());
         }
     }
     Ok(report)

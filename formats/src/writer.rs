@@ -169,6 +169,9 @@ impl SplitWriter {
         let checksum = shard.hasher.finish();
         let header = ShardHeader::new(self.dtype, self.block_size as u64, shard.blocks, checksum);
         let final_path = self.dir.join(&shard.name);
+        // Recorded before the rename: whether the rename happens or not, a cleanup after a
+        // failure must find the file under either name.
+        self.created.push(final_path.clone());
         let partial = shard.partial.clone();
         let finish = || -> std::io::Result<()> {
             let mut file = shard.file.into_inner().map_err(|e| e.into_error())?;
@@ -179,7 +182,6 @@ impl SplitWriter {
             fs::rename(&partial, &final_path)
         };
         finish().map_err(|e| FormatError::io(&partial, e))?;
-        self.created.push(final_path);
         self.shards.push(ShardEntry {
             file: shard.name,
             blocks: shard.blocks,
@@ -189,10 +191,12 @@ impl SplitWriter {
     }
 
     /// Closes the last shard and reports the split. The partial last block is dropped.
-    pub fn finish(mut self) -> Result<WrittenSplit, FormatError> {
+    /// The writer stays usable for [`SplitWriter::created_files`], so a caller that fails after
+    /// this point can still remove every file, the last shard included.
+    pub fn finish(&mut self) -> Result<WrittenSplit, FormatError> {
         self.close_shard()?;
         Ok(WrittenSplit {
-            shards: std::mem::take(&mut self.shards),
+            shards: self.shards.clone(),
             blocks: self.blocks,
             tokens_dropped: self.pending.len() as u64,
         })

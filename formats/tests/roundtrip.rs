@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use ingot_formats::checksum::sha256_hex;
+use ingot_formats::checksum::{format_payload_checksum, sha256_hex};
 use ingot_formats::index::{Splits, Stats};
 use ingot_formats::{
-    verify_dataset, Dataset, Dtype, FormatError, Index, SplitIndex, SplitWriter, TokenizerRef,
-    Tokens, FORMAT_NAME, FORMAT_VERSION, HEADER_BYTES,
+    verify_dataset, Dataset, Dtype, FormatError, Index, Shard, ShardEntry, ShardHeader, SplitIndex,
+    SplitWriter, TokenizerRef, Tokens, FORMAT_NAME, FORMAT_VERSION, HEADER_BYTES,
 };
 
 /// Writes a dataset whose train stream is `train` and val stream is `val`.
@@ -234,4 +234,117 @@ fn an_index_of_another_version_is_refused() {
     std::fs::write(&path, text).unwrap();
     let msg = Dataset::open(dir.path()).err().unwrap().to_string();
     assert!(msg.contains("version 2"), "{msg}");
+}
+
+/// Rewrites a dataset's index.json through `edit`, without validating it.
+fn edit_index(dir: &Path, edit: impl FnOnce(&mut Index)) {
+    let path = dir.join("index.json");
+    let mut index: Index = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut index);
+    std::fs::write(&path, serde_json::to_string_pretty(&index).unwrap()).unwrap();
+}
+
+/// verify and open must both refuse the dataset with an error (no panic, no "ok") naming `what`.
+fn assert_refused(dir: &Path, what: &str) {
+    let verify = verify_dataset(dir).unwrap_err().to_string();
+    assert!(verify.contains(what), "{verify}");
+    let open = Dataset::open(dir).err().unwrap().to_string();
+    assert!(open.contains(what), "{open}");
+}
+
+#[test]
+fn forged_block_counts_that_overflow_are_refused() {
+    // Header and index agree on 2^62 blocks: blocks × block_size overflows a u64.
+    let dir = small_dataset();
+    let path = dir.path().join("train-00000.bin");
+    let bytes = std::fs::read(&path).unwrap();
+    let mut header = ShardHeader::decode(&bytes).unwrap();
+    header.blocks = 1 << 62;
+    let mut forged = header.encode();
+    forged.extend_from_slice(&bytes[HEADER_BYTES..]);
+    std::fs::write(&path, forged).unwrap();
+    edit_index(dir.path(), |ix| {
+        ix.splits.train.shards[0].blocks = 1 << 62;
+        ix.splits.train.blocks = 1 << 62;
+    });
+    assert_refused(dir.path(), "fit in a file");
+}
+
+#[test]
+fn forged_header_bytes_below_a_page_are_refused() {
+    // A 64-byte header, the payload right after it, and an index that agrees.
+    let dir = small_dataset();
+    let path = dir.path().join("train-00000.bin");
+    let bytes = std::fs::read(&path).unwrap();
+    let mut header = ShardHeader::decode(&bytes).unwrap();
+    header.header_bytes = 64;
+    let mut forged = header.encode()[..64].to_vec();
+    forged.extend_from_slice(&bytes[HEADER_BYTES..]);
+    std::fs::write(&path, forged).unwrap();
+    edit_index(dir.path(), |ix| ix.header_bytes = 64);
+    assert_refused(dir.path(), "header_bytes is 64");
+
+    // Only the shard says 64: the header itself is refused.
+    edit_index(dir.path(), |ix| ix.header_bytes = HEADER_BYTES as u64);
+    assert_refused(dir.path(), "header_bytes is 64");
+}
+
+#[test]
+fn forged_empty_shards_are_refused() {
+    // A val shard of 0 blocks: a header and nothing else, listed in the index.
+    let dir = small_dataset();
+    let path = dir.path().join("val-00001.bin");
+    let header = ShardHeader::new(Dtype::U16, 8, 0, empty_checksum());
+    std::fs::write(&path, header.encode()).unwrap();
+    edit_index(dir.path(), |ix| {
+        ix.splits.val.shards.push(ShardEntry {
+            file: "val-00001.bin".into(),
+            blocks: 0,
+            checksum: format_payload_checksum(empty_checksum()),
+        })
+    });
+    assert_refused(dir.path(), "0 blocks");
+    // Opened without the index, the header alone is refused too.
+    let msg = Shard::open(&path, None).err().unwrap().to_string();
+    assert!(msg.contains("blocks is 0"), "{msg}");
+}
+
+/// XXH3-64 of an empty payload.
+fn empty_checksum() -> u64 {
+    ingot_formats::checksum::payload_checksum(&[])
+}
+
+#[test]
+fn tokenizer_file_must_be_a_plain_name() {
+    for name in ["../tokenizer.json", "/etc/passwd", ".hidden", ""] {
+        let dir = small_dataset();
+        edit_index(dir.path(), |ix| ix.tokenizer.file = name.into());
+        assert_refused(dir.path(), "tokenizer file name");
+    }
+}
+
+#[test]
+fn a_missing_directory_is_named_as_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dataset");
+    let msg = Dataset::open(&missing).err().unwrap().to_string();
+    assert!(msg.contains("no such directory"), "{msg}");
+    assert!(!msg.contains("interrupted"), "{msg}");
+}
+
+#[test]
+fn finish_keeps_every_file_listed_for_cleanup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = SplitWriter::new(dir.path(), "val", Dtype::U16, 4, 8);
+    w.push(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).unwrap();
+    let done = w.finish().unwrap();
+    assert_eq!(done.blocks, 2);
+    let listed: Vec<_> = w.created_files().to_vec();
+    for shard in &done.shards {
+        assert!(listed.contains(&dir.path().join(&shard.file)), "{listed:?}");
+    }
+    for f in listed.iter().filter(|f| f.exists()) {
+        std::fs::remove_file(f).unwrap();
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

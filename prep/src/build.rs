@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::BuildArgs;
-use crate::discover::{discover, Compression};
+use crate::discover::{discover, Compression, Format, InputFile};
 use crate::output::OutputDir;
 use crate::pipeline::{self, Encoded, Encoder, Split};
 use crate::progress::Progress;
@@ -51,6 +51,9 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
     if block_size == 0 {
         bail!("--block-size must be at least 1 (it is the number of tokens per training sequence, e.g. 1024)");
     }
+    if block_size > MAX_BLOCK_SIZE {
+        bail!("--block-size {block_size} is too large: at most {MAX_BLOCK_SIZE} tokens per block (a block is one training sequence, e.g. 1024)");
+    }
     if !(0.0..1.0).contains(&args.val_fraction) {
         bail!(
             "--val-fraction must be in [0, 1), got {}",
@@ -72,7 +75,7 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
         );
     }
     let dtype = Dtype::for_vocab(tokenizer.vocab_size());
-    let threads = args.input.threads.unwrap_or_else(default_threads).max(1);
+    let threads = args.input.threads()?.unwrap_or_else(default_threads);
 
     let mut output = OutputDir::prepare(&out, args.force)?;
     output.write_file("tokenizer.json", tokenizer.json())?;
@@ -127,21 +130,11 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
         names: found.files.iter().map(|f| f.name.clone()).collect(),
     };
     if args.shuffle_docs {
-        // Compressed text is ~4× smaller than the text; tokens take ~1.2 bytes per text byte.
-        let estimate: u64 = found
-            .files
-            .iter()
-            .map(|f| {
-                if f.compression == Compression::None {
-                    f.size
-                } else {
-                    f.size * 4
-                }
-            })
-            .sum::<u64>()
-            * 6
-            / 5;
-        packer.shuffler = Some(Shuffler::new(&out, args.seed, estimate)?);
+        packer.shuffler = Some(Shuffler::new(
+            &out,
+            args.seed,
+            spill_estimate(&found.files),
+        )?);
     }
 
     let encoder = Arc::new(Encoder {
@@ -169,16 +162,19 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
             Ok(())
         },
     );
-    let result = result.and_then(|()| packer.drain_shuffle());
-    // Whatever happens next, every shard file written so far belongs to the cleanup list.
+    let result = result.and_then(|()| packer.drain_shuffle()).and_then(|()| {
+        let [train_w, val_w] = &mut packer.writers;
+        Ok((train_w.finish()?, val_w.finish()?))
+    });
+    // Only now is every shard file created (finish writes the last one of each split): all of
+    // them go on the cleanup list before any check below can fail.
     for w in &packer.writers {
         output.track(w.created_files());
     }
-    result?;
+    let (train, val) = result?;
     progress.finish();
 
     let Packer {
-        writers: [train_w, val_w],
         documents,
         tokens,
         text_bytes,
@@ -186,8 +182,6 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
         sources,
         ..
     } = packer;
-    let train = train_w.finish()?;
-    let val = val_w.finish()?;
     let total_docs: u64 = documents.iter().sum();
     if total_docs == 0 {
         let n: u64 = skipped.values().sum();
@@ -256,6 +250,28 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
         seconds,
         tokens_per_second: tokens as f64 / seconds.max(1e-9),
     })
+}
+
+/// Largest `--block-size`: 16 Mi tokens, far above any training context, and small enough
+/// that a block's bytes can never overflow.
+pub const MAX_BLOCK_SIZE: usize = 1 << 24;
+
+/// An upper bound of the bytes `--shuffle-docs` spills: 4 bytes per token, and at most one
+/// token per byte of text (exactly so for the byte tokenizer; subword tokenizers make fewer).
+/// Compressed files, parquet included, are counted as 4× their size on disk. The 22-byte
+/// record headers are small beside that. Only the number of buckets depends on it.
+fn spill_estimate(files: &[InputFile]) -> u64 {
+    files
+        .iter()
+        .map(|f| {
+            let text = if f.compression == Compression::None && f.format != Format::Parquet {
+                f.size
+            } else {
+                f.size.saturating_mul(4)
+            };
+            text.saturating_mul(4)
+        })
+        .fold(0, u64::saturating_add)
 }
 
 fn default_threads() -> usize {
@@ -382,5 +398,32 @@ impl Packer {
         };
         let writers = &mut self.writers;
         shuffler.drain(&mut |split, tokens| Ok(writers[slot(split)].push(tokens)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(format: Format, compression: Compression, size: u64) -> InputFile {
+        InputFile {
+            path: "x".into(),
+            name: "x".into(),
+            format,
+            compression,
+            size,
+        }
+    }
+
+    #[test]
+    fn the_spill_estimate_bounds_four_bytes_per_text_byte() {
+        let plain = file(Format::Txt, Compression::None, 1000);
+        let gz = file(Format::Jsonl, Compression::Gz, 1000);
+        let parquet = file(Format::Parquet, Compression::None, 1000);
+        assert_eq!(spill_estimate(&[plain]), 4000);
+        assert_eq!(spill_estimate(&[gz]), 16000);
+        assert_eq!(spill_estimate(&[parquet]), 16000);
+        let huge = file(Format::Txt, Compression::Zst, u64::MAX / 2);
+        assert_eq!(spill_estimate(&[huge.clone(), huge]), u64::MAX);
     }
 }

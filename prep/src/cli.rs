@@ -70,6 +70,23 @@ pub struct InputArgs {
     pub threads: Option<usize>,
 }
 
+/// Most `--threads` accepted; far beyond any machine's cores, and small enough that the
+/// pipeline's window of in-flight chunks stays a small number.
+pub const MAX_THREADS: usize = 1024;
+
+impl InputArgs {
+    /// `--threads`, checked: `None` when not given (use every core).
+    pub fn threads(&self) -> anyhow::Result<Option<usize>> {
+        match self.threads {
+            Some(0) => anyhow::bail!("--threads must be at least 1"),
+            Some(n) if n > MAX_THREADS => anyhow::bail!(
+                "--threads {n} is too many: at most {MAX_THREADS} (the default uses every core)"
+            ),
+            n => Ok(n),
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct BuildArgs {
     #[command(flatten)]

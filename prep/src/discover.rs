@@ -1,6 +1,7 @@
 //! Input discovery: `--input` files and directories, walked recursively in sorted path order,
 //! each file classified by extension.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -77,7 +78,13 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Discovery> {
             std::fs::metadata(input).with_context(|| format!("--input {}", input.display()))?;
         let mut paths = Vec::new();
         if meta.is_dir() {
-            walk(input, &mut paths, &mut found.unreadable)?;
+            let mut seen = HashSet::new();
+            if let Ok(canonical) = input.canonicalize() {
+                seen.insert(canonical);
+            }
+            // The --input directory itself must be listable; below it, problems are counted.
+            walk(input, &mut seen, &mut paths, &mut found.unreadable)
+                .with_context(|| format!("cannot list --input {}", input.display()))?;
             paths.sort();
             found.unreadable.sort();
         } else {
@@ -107,21 +114,57 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Discovery> {
     Ok(found)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<(String, String)>) -> Result<()> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        let path = entry.path();
+/// Collects the files under `dir`; fails only when `dir` itself cannot be listed. `seen` holds
+/// the directories walked so far (canonical paths), so a directory reached again through a
+/// link (`loop -> .`, or two links to one place) is walked once. Entries below `dir` that
+/// cannot be examined or listed are counted in `unreadable`.
+fn walk(
+    dir: &Path,
+    seen: &mut HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+    unreadable: &mut Vec<(String, String)>,
+) -> std::io::Result<()> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        match entry {
+            Ok(entry) => paths.push(entry.path()),
+            Err(e) => {
+                // The listing broke off part-way: what was listed is kept.
+                unreadable.push((dir.display().to_string(), e.to_string()));
+                break;
+            }
+        }
+    }
+    // Sorted, so that which of two links to one directory is walked does not depend on the
+    // order the file system lists them in.
+    paths.sort();
+    for path in paths {
         // Follow symbolic links to what they point at; one that leads nowhere is counted.
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => walk(&path, out, unreadable)?,
+            Ok(meta) if meta.is_dir() => walk_subdir(&path, seen, out, unreadable),
             Ok(meta) if meta.is_file() => out.push(path),
             Ok(_) => {}
             Err(e) => unreadable.push((path.display().to_string(), e.to_string())),
         }
     }
     Ok(())
+}
+
+/// A directory below an `--input` directory: walked unless seen before; one that cannot be
+/// listed is counted, not fatal.
+fn walk_subdir(
+    path: &Path,
+    seen: &mut HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+    unreadable: &mut Vec<(String, String)>,
+) {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if !seen.insert(canonical) {
+        return;
+    }
+    if let Err(e) = walk(path, seen, out, unreadable) {
+        unreadable.push((path.display().to_string(), format!("cannot list: {e}")));
+    }
 }
 
 #[cfg(test)]
@@ -144,5 +187,32 @@ mod tests {
         assert_eq!(classify("a.parquet.gz"), None);
         assert_eq!(classify("README.md"), None);
         assert_eq!(classify("data.csv.gz"), None);
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_listed_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("vanished");
+        let (mut seen, mut out, mut unreadable) = (HashSet::new(), Vec::new(), Vec::new());
+        walk_subdir(&gone, &mut seen, &mut out, &mut unreadable);
+        assert!(out.is_empty());
+        assert_eq!(unreadable.len(), 1);
+        assert!(unreadable[0].0.ends_with("vanished"), "{unreadable:?}");
+        // The same directory at the top is an error for the caller.
+        assert!(walk(&gone, &mut seen, &mut out, &mut unreadable).is_err());
+    }
+
+    #[test]
+    fn a_link_cycle_is_walked_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("a.txt"), "x").unwrap();
+        std::os::unix::fs::symlink(".", sub.join("loop")).unwrap();
+        std::os::unix::fs::symlink(&sub, dir.path().join("again")).unwrap();
+        let found = discover(&[dir.path().to_path_buf()]).unwrap();
+        let names: Vec<_> = found.files.iter().map(|f| f.path.clone()).collect();
+        assert_eq!(names, vec![dir.path().join("again/a.txt")], "{names:?}");
+        assert!(found.unreadable.is_empty(), "{:?}", found.unreadable);
     }
 }

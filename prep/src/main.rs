@@ -6,6 +6,9 @@ use ingot_prep::{build, commands, tokenizer};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Panics that prep catches and reports (a reader failing on a corrupt file) must not add
+    // a multi-line panic message to the one-line report.
+    ingot_prep::pipeline::install_panic_hook();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

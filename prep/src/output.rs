@@ -3,10 +3,13 @@
 //! ever written last by the caller.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ingot_formats::INDEX_FILE;
+
+use crate::shuffle::SPILL_PREFIX;
 
 /// Files of a dataset that `--force` removes (and nothing else).
 fn is_dataset_file(name: &str) -> bool {
@@ -62,6 +65,14 @@ impl OutputDir {
                         fs::remove_file(&path)
                             .with_context(|| format!("cannot remove {}", path.display()))?;
                     }
+                    // Spill directories of a `--shuffle-docs` run that was killed.
+                    for name in names.iter().filter(|n| n.starts_with(SPILL_PREFIX)) {
+                        let path = dir.join(name);
+                        if path.is_dir() {
+                            fs::remove_dir_all(&path)
+                                .with_context(|| format!("cannot remove {}", path.display()))?;
+                        }
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -88,11 +99,17 @@ impl OutputDir {
         &self.dir
     }
 
-    /// Writes a file that belongs to the dataset, remembering it for cleanup.
+    /// Writes a file that belongs to the dataset, remembering it for cleanup. It is synced to
+    /// disk, like the shards, before `index.json` can vouch for it.
     pub fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.dir.join(name);
         self.files.push(path.clone());
-        fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&path)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        };
+        write().with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// Remembers files created by someone else (the shard writers) for cleanup.
@@ -123,6 +140,25 @@ impl Drop for OutputDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn force_removes_a_killed_runs_spill_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = dir.path().join(".prep-shuffle-Ab12");
+        std::fs::create_dir(&spill).unwrap();
+        std::fs::write(spill.join("bucket-0000"), b"tokens").unwrap();
+        std::fs::write(dir.path().join("train-00000.bin"), b"x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"keep").unwrap();
+        assert!(OutputDir::prepare(dir.path(), false).is_err());
+        let out = OutputDir::prepare(dir.path(), true).unwrap();
+        out.commit();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.txt"]);
+    }
 
     #[test]
     fn only_dataset_files_are_ours() {

@@ -19,6 +19,8 @@ pub enum Reason {
     CorruptParquet,
     UnsupportedExtension,
     TokenizerError,
+    /// A line, paragraph or JSON line longer than the readers hold in memory.
+    RecordTooLarge,
 }
 
 impl Reason {
@@ -34,6 +36,7 @@ impl Reason {
             Reason::CorruptParquet => "corrupt_parquet",
             Reason::UnsupportedExtension => "unsupported_extension",
             Reason::TokenizerError => "tokenizer_error",
+            Reason::RecordTooLarge => "record_too_large",
         }
     }
 }

@@ -16,6 +16,12 @@ use crate::pipeline::Split;
 
 /// Target size of one bucket on disk.
 const BUCKET_BYTES: u64 = 64 << 20;
+/// Most buckets: every bucket is an open file for the whole spill, and the usual limit on
+/// open files is 1024. Beyond `MAX_BUCKETS × BUCKET_BYTES` of spill, buckets grow past
+/// `BUCKET_BYTES` (and drain holds one of them in memory).
+const MAX_BUCKETS: u64 = 256;
+/// Name prefix of the spill directory in `--out` (`--force` removes leftovers of a killed run).
+pub const SPILL_PREFIX: &str = ".prep-shuffle-";
 
 pub struct Shuffler {
     seed: u64,
@@ -33,9 +39,9 @@ const RECORD_HEADER: usize = 8 + 8 + 1 + 1 + 4;
 impl Shuffler {
     /// `estimated_bytes`: roughly how many bytes of tokens will be spilled.
     pub fn new(out_dir: &Path, seed: u64, estimated_bytes: u64) -> Result<Shuffler> {
-        let buckets = estimated_bytes.div_ceil(BUCKET_BYTES).clamp(1, 4096) as usize;
+        let buckets = estimated_bytes.div_ceil(BUCKET_BYTES).clamp(1, MAX_BUCKETS) as usize;
         let dir = tempfile::Builder::new()
-            .prefix(".prep-shuffle-")
+            .prefix(SPILL_PREFIX)
             .tempdir_in(out_dir)
             .with_context(|| format!("cannot create a spill directory in {}", out_dir.display()))?;
         let files = (0..buckets)
@@ -135,5 +141,25 @@ impl Shuffler {
         }
         drop(dir);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buckets_for(estimated_bytes: u64) -> usize {
+        let out = tempfile::tempdir().unwrap();
+        let shuffler = Shuffler::new(out.path(), 0, estimated_bytes).unwrap();
+        let files = std::fs::read_dir(shuffler.dir.path()).unwrap().count();
+        assert_eq!(files, shuffler.files.len());
+        files
+    }
+
+    #[test]
+    fn bucket_files_are_capped_for_file_descriptor_limits() {
+        assert_eq!(buckets_for(0), 1);
+        assert_eq!(buckets_for(3 * BUCKET_BYTES), 3);
+        assert_eq!(buckets_for(1 << 50), MAX_BUCKETS as usize);
     }
 }

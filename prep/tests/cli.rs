@@ -83,7 +83,7 @@ fn errors_are_one_line_with_exit_code_1_and_no_panic() {
     let dir = tempfile::tempdir().unwrap();
     let input = corpus(dir.path());
     let out = dir.path().join("ds");
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 7] = [
         &[
             "--input",
             "/no/such/dir",
@@ -92,6 +92,25 @@ fn errors_are_one_line_with_exit_code_1_and_no_panic() {
             "--block-size",
             "8",
         ],
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--block-size",
+            "16777217",
+        ],
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--block-size",
+            "8",
+            "--threads",
+            "9223372036854775807",
+        ],
+        &["verify", "/no/such/dataset"],
         &[
             "--input",
             input.to_str().unwrap(),
@@ -203,4 +222,105 @@ fn tokenizer_train_is_deterministic_and_usable() {
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(r["one_thread_tokens_per_second"].as_f64().unwrap() > 0.0);
+}
+
+/// A parquet file of plain (not dictionary) encoded strings whose second-to-last value has a
+/// forged length, so that the last value's length prefix is cut short: the parquet crate
+/// panics ("assertion failed: size <= src.len()") instead of returning an error.
+fn write_panicking_parquet(path: &Path) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::parser::parse_message_type;
+    use std::sync::Arc;
+
+    let values = ["first row", "second row", "forged-length-row", "last row"];
+    let schema =
+        Arc::new(parse_message_type("message doc { required binary text (UTF8); }").unwrap());
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .set_statistics_enabled(EnabledStatistics::None)
+            .build(),
+    );
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = SerializedFileWriter::new(file, schema, props).unwrap();
+    let mut rg = writer.next_row_group().unwrap();
+    let mut col = rg.next_column().unwrap().unwrap();
+    let data: Vec<ByteArray> = values.iter().map(|v| ByteArray::from(*v)).collect();
+    col.typed::<ByteArrayType>()
+        .write_batch(&data, None, None)
+        .unwrap();
+    col.close().unwrap();
+    rg.close().unwrap();
+    writer.close().unwrap();
+
+    // Plain encoding: each value is a u32 LE length and the bytes. Stretch the forged row's
+    // length over the next length prefix so that only 2 bytes of it remain in the page.
+    let mut bytes = std::fs::read(path).unwrap();
+    let mut prefixed = (values[2].len() as u32).to_le_bytes().to_vec();
+    prefixed.extend_from_slice(values[2].as_bytes());
+    let at = bytes
+        .windows(prefixed.len())
+        .position(|w| w == prefixed.as_slice())
+        .expect("the value is stored plain");
+    let forged = (values[2].len() + 4 + values[3].len() - 2) as u32;
+    bytes[at..at + 4].copy_from_slice(&forged.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_reader_panic_is_one_counted_skip_and_later_files_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    write_panicking_parquet(&input.join("a.parquet"));
+    let mut text = String::new();
+    for i in 0..50 {
+        text.push_str(&format!(
+            "{{\"text\": \"good document {i} after the bad file\"}}\n"
+        ));
+    }
+    std::fs::write(input.join("b.jsonl"), text).unwrap();
+    let out = dir.path().join("ds");
+    let o = prep(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--block-size",
+        "8",
+        "--val-fraction",
+        "0",
+        "--quiet",
+    ]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "one warning: {e}");
+    assert!(
+        e.contains("a.parquet: skipped: reader failed: assertion failed"),
+        "{e}"
+    );
+    let index = ingot_formats::Index::read(&out).unwrap();
+    assert_eq!(index.stats.skipped.get("corrupt_parquet"), Some(&1));
+    assert_eq!(index.stats.sources[1].documents, 50);
+    assert_eq!(index.stats.documents, 50);
+
+    // With --strict the panic is a one-line error and nothing is written.
+    let strict = dir.path().join("strict");
+    let o = prep(&[
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        strict.to_str().unwrap(),
+        "--block-size",
+        "8",
+        "--strict",
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(e.contains("corrupt_parquet"), "{e}");
+    assert!(!strict.exists());
 }

@@ -13,8 +13,9 @@ use super::{Body, Chunk, ReadOptions, CHUNK_BYTES};
 use crate::discover::InputFile;
 use crate::records::Reason;
 
-/// Rows read per call into the column reader.
-const BATCH_ROWS: usize = 4096;
+/// Rows read per call into the column reader. Small, because a batch is held in memory
+/// whole: 1024 rows of long documents are already many chunks' worth.
+const BATCH_ROWS: usize = 1024;
 
 pub fn read(
     file: &InputFile,
@@ -108,16 +109,18 @@ pub fn read(
                     bytes_in_chunk += value.as_ref().map_or(0, |v| v.len());
                     rows.push((row, value));
                     row += 1;
-                }
-                if bytes_in_chunk >= CHUNK_BYTES {
-                    let first_line = rows[0].0;
-                    bytes_in_chunk = 0;
-                    if !emit(Chunk {
-                        source,
-                        first_line,
-                        body: Body::Rows(std::mem::take(&mut rows)),
-                    }) {
-                        return Ok(false);
+                    // A chunk goes out as soon as it is full, not at the end of the batch,
+                    // so chunks stay about CHUNK_BYTES however long the rows are.
+                    if bytes_in_chunk >= CHUNK_BYTES {
+                        let first_line = rows[0].0;
+                        bytes_in_chunk = 0;
+                        if !emit(Chunk {
+                            source,
+                            first_line,
+                            body: Body::Rows(std::mem::take(&mut rows)),
+                        }) {
+                            return Ok(false);
+                        }
                     }
                 }
             }

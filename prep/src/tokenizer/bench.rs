@@ -62,9 +62,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     }
     let threads = args
         .input
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+        .threads()?
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;

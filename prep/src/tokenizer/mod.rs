@@ -77,6 +77,7 @@ impl Tokenizer {
         let (ids, specials) = vocabulary(&value)?;
         let canonical = serde_json::to_string(&value)?;
         let pipeline = tokenizers::from_json(&canonical).map_err(|e| anyhow::anyhow!("{e}"))?;
+        probe_pre_tokenizer(&pipeline)?;
         let vocab_size = ids.values().map(|&id| u64::from(id) + 1).max().unwrap_or(0);
         if vocab_size == 0 {
             bail!("the tokenizer has an empty vocabulary");
@@ -154,6 +155,20 @@ impl Tokenizer {
             Engine::Byte => None,
         }
     }
+}
+
+/// Runs the pre-tokenizer once on a short text. Some pre-tokenizers load but cannot run (a
+/// `Split` regex that needs a regex engine this build does not have); without this check such a
+/// tokenizer would fail on every document, each one a counted skip. Only the pre-tokenizer is
+/// probed: a model may legitimately refuse a word it has no id for.
+fn probe_pre_tokenizer(pipeline: &PipelineTokenizer) -> Result<()> {
+    use tokenizers::pipeline::PreTokenizer as _;
+    let mut spans = Vec::new();
+    let mut scratch = tokenizers::pipeline::PreTokenizerScratch::default();
+    pipeline
+        .get_pre_tokenizer()
+        .pre_tokenize("Hello, world! 123", &mut scratch, &mut spans)
+        .map_err(|e| anyhow::anyhow!("its pre-tokenizer cannot run in this build: {e}"))
 }
 
 /// Token → id over the model vocabulary and the added tokens of a canonical tokenizer.json, and
@@ -277,5 +292,35 @@ pub fn describe(spec: &str) -> String {
         "byte (built-in)".into()
     } else {
         PathBuf::from(spec).display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wordlevel(pre_tokenizer: serde_json::Value) -> Vec<u8> {
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"hello": 0, "[UNK]": 1}, "unk_token": "[UNK]"}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_pre_tokenizer_that_cannot_run_fails_at_load() {
+        // GPT-2's pattern is run natively only when isolated; removed, it needs a regex engine.
+        let gpt2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+        let split = serde_json::json!({
+            "type": "Split", "pattern": {"Regex": gpt2}, "behavior": "Removed", "invert": false
+        });
+        let err = Tokenizer::from_json_bytes(&wordlevel(split)).err().unwrap();
+        assert!(format!("{err:#}").contains("pre-tokenizer"), "{err:#}");
+        let ok =
+            Tokenizer::from_json_bytes(&wordlevel(serde_json::json!({"type": "WhitespaceSplit"})));
+        assert_eq!(ok.unwrap().encode("hello").unwrap(), vec![0]);
     }
 }

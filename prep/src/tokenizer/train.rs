@@ -19,7 +19,7 @@ use tokenizers::Trainer;
 use super::byte::byte_alphabet;
 use super::Tokenizer;
 use crate::cli::TrainArgs;
-use crate::discover::discover;
+use crate::discover::{discover, InputFile};
 use crate::readers::{read_file, ReadOptions};
 use crate::records;
 
@@ -107,6 +107,39 @@ impl PreTokenizer {
     }
 }
 
+/// Calls `send` with the text of every document, piece by piece, until it returns `false`,
+/// and returns the number of documents. The pieces of a long document are never joined:
+/// they are cut where a pre-token ends (see `readers::text::safe_cut`), so counting the words
+/// of each piece gives the counts of the whole, without holding the whole document.
+fn for_each_text(
+    files: &[InputFile],
+    options: &ReadOptions,
+    consumed: &Arc<AtomicU64>,
+    send: &mut dyn FnMut(String) -> bool,
+) -> u64 {
+    let mut docs = 0u64;
+    for (i, f) in files.iter().enumerate() {
+        read_file(f, i, options, consumed, &mut |chunk| {
+            let mut ok = true;
+            records::for_each(
+                &chunk,
+                &options.text_path,
+                |doc| {
+                    if doc.last {
+                        docs += 1;
+                    }
+                    if ok {
+                        ok = send(doc.text.into_owned());
+                    }
+                },
+                |_| {},
+            );
+            ok
+        });
+    }
+    docs
+}
+
 pub fn run(args: &TrainArgs) -> Result<String> {
     if args.vocab_size < SPECIALS.len() + 256 {
         bail!("--vocab-size {} is too small: it must hold 3 special tokens and 256 byte symbols (at least 259)", args.vocab_size);
@@ -126,10 +159,10 @@ pub fn run(args: &TrainArgs) -> Result<String> {
         text_path: args.input.text_field.split('.').map(String::from).collect(),
     };
     let pre = PreTokenizer::new()?;
-    if let Some(n) = args.input.threads {
+    if let Some(n) = args.input.threads()? {
         // The trainer counts words on rayon's global pool.
         let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
+            .num_threads(n)
             .build_global();
     }
 
@@ -138,30 +171,10 @@ pub fn run(args: &TrainArgs) -> Result<String> {
     let consumed = Arc::new(AtomicU64::new(0));
     let files = found.files.clone();
     let reader = std::thread::spawn(move || {
-        let mut docs = 0u64;
-        let mut open = String::new();
-        for (i, f) in files.iter().enumerate() {
-            read_file(f, i, &options, &consumed, &mut |chunk| {
-                let mut ok = true;
-                records::for_each(
-                    &chunk,
-                    &options.text_path,
-                    |doc| {
-                        // Pieces of one long document are trained as one text.
-                        open.push_str(&doc.text);
-                        if doc.last {
-                            docs += 1;
-                            ok &= tx.send(std::mem::take(&mut open)).is_ok();
-                        }
-                    },
-                    |_| {},
-                );
-                ok
-            });
-        }
-        docs
+        for_each_text(&files, &options, &consumed, &mut |text| {
+            tx.send(text).is_ok()
+        })
     });
-
     let specials: Vec<AddedToken> = SPECIALS
         .iter()
         .map(|t| AddedToken::from(*t, true))
@@ -201,4 +214,39 @@ pub fn run(args: &TrainArgs) -> Result<String> {
         vocab.len(),
         merges.len()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::{Compression, Format};
+    use crate::readers::{TxtUnit, CHUNK_BYTES};
+
+    #[test]
+    fn a_long_document_reaches_the_trainer_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.txt");
+        let text = "a few words on a line\n".repeat(5 * CHUNK_BYTES / 22);
+        std::fs::write(&path, &text).unwrap();
+        let file = InputFile {
+            path,
+            name: "big.txt".into(),
+            format: Format::Txt,
+            compression: Compression::None,
+            size: text.len() as u64,
+        };
+        let options = ReadOptions {
+            txt_unit: TxtUnit::File,
+            text_path: vec!["text".into()],
+        };
+        let mut texts = Vec::new();
+        let docs = for_each_text(&[file], &options, &Arc::new(AtomicU64::new(0)), &mut |t| {
+            texts.push(t);
+            true
+        });
+        assert_eq!(docs, 1);
+        assert!(texts.len() > 2, "{} texts", texts.len());
+        assert!(texts.iter().all(|t| t.len() < 3 * CHUNK_BYTES));
+        assert_eq!(texts.concat(), text);
+    }
 }
