@@ -282,6 +282,32 @@ fn bad_inputs_are_refused_before_any_work() {
     assert!(error_of(&shards, &out, &["--device", "cuda"]).contains("no CUDA engine"));
     assert!(error_of(&shards, &out, &["--n-heads", "3"]).contains("--n-heads"));
 
+    // A damaged shard: a flipped payload byte is caught by --verify-data, a flipped header
+    // byte by the checks every run does.
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    for e in std::fs::read_dir(&shards).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), damaged.join(e.file_name())).unwrap();
+    }
+    let shard = damaged.join("train-00000.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[4096 + 7] ^= 1;
+    std::fs::write(&shard, &bytes).unwrap();
+    let msg = error_of(&damaged, &out, &["--verify-data"]);
+    assert!(
+        msg.contains("train-00000.bin") && msg.contains("checksum"),
+        "{msg}"
+    );
+    bytes[4096 + 7] ^= 1;
+    bytes[20] ^= 1;
+    std::fs::write(&shard, &bytes).unwrap();
+    let msg = error_of(&damaged, &out, &[]);
+    assert!(
+        msg.contains("train-00000.bin") && msg.contains("header"),
+        "{msg}"
+    );
+
     // An empty val split while evaluation is on.
     let input = dir.path().join("docs2.jsonl");
     write_jsonl(&input, &documents(100));
