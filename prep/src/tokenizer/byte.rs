@@ -72,46 +72,57 @@ pub fn byte_alphabet() -> [char; 256] {
     out
 }
 
-/// The dataset's `tokenizer.json` for the byte tokenizer (format 1.0, which every
-/// `tokenizers` release reads): a byte-level BPE with no merges and no regex split, so each byte
-/// is one token whose id is the byte value.
-pub fn tokenizer_json() -> String {
-    let alphabet = byte_alphabet();
-    let vocab: serde_json::Map<String, serde_json::Value> = alphabet
-        .iter()
-        .enumerate()
-        .map(|(b, c)| (c.to_string(), json!(b)))
-        .chain(
-            SPECIAL_TOKENS
-                .iter()
-                .map(|(t, id)| (t.to_string(), json!(id))),
-        )
-        .collect();
-    let added: Vec<_> = SPECIAL_TOKENS
+/// A byte-level BPE `tokenizer.json` (format 1.0, which every `tokenizers` release reads):
+/// `vocab` maps byte-level symbols and merged tokens to ids, `merges` in rank order, `specials`
+/// become special added tokens. With `split_words` the text is first cut into GPT-2
+/// pre-tokens; without it the whole text is one pre-token.
+pub fn byte_level_bpe_json(
+    vocab: &[(String, u32)],
+    merges: &[(String, String)],
+    specials: &[(&str, u32)],
+    split_words: bool,
+) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        vocab.iter().map(|(t, id)| (t.clone(), json!(id))).collect();
+    let added: Vec<_> = specials
         .iter()
         .map(|(t, id)| {
             json!({"id": id, "content": t, "single_word": false, "lstrip": false,
                    "rstrip": false, "normalized": false, "special": true})
         })
         .collect();
+    let merges: Vec<_> = merges.iter().map(|(a, b)| json!([a, b])).collect();
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": split_words});
     let value = json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        "pre_tokenizer": byte_level,
         "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false},
+        "decoder": byte_level,
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": []
+            "ignore_merges": false, "vocab": vocab, "merges": merges
         }
     });
     let mut text = serde_json::to_string_pretty(&value).expect("a json! value serialises");
     text.push('\n');
     text
+}
+
+/// The dataset's `tokenizer.json` for the byte tokenizer: a byte-level BPE with no merges and
+/// no word split, so each byte is one token whose id is the byte value.
+pub fn tokenizer_json() -> String {
+    let vocab: Vec<(String, u32)> = byte_alphabet()
+        .iter()
+        .enumerate()
+        .map(|(b, c)| (c.to_string(), b as u32))
+        .chain(SPECIAL_TOKENS.iter().map(|(t, id)| (t.to_string(), *id)))
+        .collect();
+    byte_level_bpe_json(&vocab, &[], &SPECIAL_TOKENS, false)
 }
 
 #[cfg(test)]

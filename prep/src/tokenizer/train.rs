@@ -10,13 +10,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::json;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::trainers::BpeTrainerBuilder;
 use tokenizers::vocab::bucket_added_vocabulary::AddedToken;
 use tokenizers::Trainer;
 
-use super::byte::byte_alphabet;
+use super::byte::{byte_alphabet, byte_level_bpe_json};
 use super::Tokenizer;
 use crate::cli::TrainArgs;
 use crate::discover::{discover, InputFile};
@@ -25,34 +24,14 @@ use crate::records;
 
 pub const SPECIALS: [&str; 3] = ["<s>", "</s>", "<pad>"];
 
-/// The tokenizer.json of a byte-level BPE with the given vocabulary and merges.
+/// The tokenizer.json of a byte-level BPE with GPT-2 word splitting and our special tokens.
 fn tokenizer_json(vocab: &[(String, u32)], merges: &[(String, String)]) -> String {
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        vocab.iter().map(|(t, id)| (t.clone(), json!(id))).collect();
-    let added: Vec<_> = SPECIALS
+    let specials: Vec<(&str, u32)> = SPECIALS
         .iter()
         .enumerate()
-        .map(|(id, t)| json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .map(|(i, t)| (*t, i as u32))
         .collect();
-    let merges: Vec<_> = merges.iter().map(|(a, b)| json!([a, b])).collect();
-    let value = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": false, "vocab": vocab, "merges": merges
-        }
-    });
-    let mut text = serde_json::to_string_pretty(&value).expect("a json! value serialises");
-    text.push('\n');
-    text
+    byte_level_bpe_json(vocab, merges, &specials, true)
 }
 
 /// Splits text into GPT-2 pre-tokens, each mapped to byte-level symbols.
