@@ -279,7 +279,7 @@ fn bad_inputs_are_refused_before_any_work() {
     assert!(error_of(&shards, &out, &["--batch-size", "100000"]).contains("--batch-size 100000"));
     assert!(error_of(&shards, &out, &["--grad-accum", "100000"]).contains("--grad-accum 100000"));
     assert!(error_of(&shards, &out, &["--model", "huge"]).contains("tiny"));
-    assert!(error_of(&shards, &out, &["--device", "cuda"]).contains("no CUDA engine"));
+    assert!(error_of(&shards, &out, &["--device", "cuda"]).contains("--device cuda"));
     assert!(error_of(&shards, &out, &["--n-heads", "3"]).contains("--n-heads"));
 
     // A damaged shard: a flipped payload byte is caught by --verify-data, a flipped header
