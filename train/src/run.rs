@@ -332,13 +332,6 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         start = state;
     }
 
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
-    let mut resolved = serde_json::to_string_pretty(&config)?;
-    resolved.push('\n');
-    std::fs::write(run_dir.join("config.json"), resolved)
-        .context("cannot write the resolved config")?;
-
     let params = loaded.unwrap_or_else(|| init_params(&model, &Layout::new(&model), config.seed));
     let (mut engine, notice) = crate::device::create(&config.device, model.clone(), params)?;
     if let Some(opt) = optimizer_state {
@@ -347,6 +340,14 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     if let Some(n) = notice {
         eprintln!("{n}");
     }
+
+    // Only now, with everything checked and the engine built, does the run directory appear.
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let mut resolved = serde_json::to_string_pretty(&config)?;
+    resolved.push('\n');
+    std::fs::write(run_dir.join("config.json"), resolved)
+        .context("cannot write the resolved config")?;
 
     let tok_files = hf::TokenizerFiles {
         tokenizer_json: &tokenizer_json,
