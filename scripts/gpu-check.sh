@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# Runs the GPU checks of a bundle made by scripts/gpu-bundle.sh, on a GPU machine WITHOUT a
+# Rust toolchain:
+#
+#   1. prints the GPU (nvidia-smi);
+#   2. finds libcuda.so.1, libnvrtc.so.13 and libcublasLt.so.13 (ldconfig, /usr/local/cuda*,
+#      the driver's directory, Python's site-packages nvidia/*/lib, the bundle's nvrtc/*.xz)
+#      and puts their directories on LD_LIBRARY_PATH (INGOT_NVRTC_LIB too);
+#   3. runs every test executable in <bundle>/tests with INGOT_REQUIRE_GPU=1 and
+#      INGOT_REQUIRE_NVRTC=1 (a missing GPU or NVRTC fails instead of skipping), and
+#      `bin/{prep,train} --version` (the binaries start and their libraries resolve);
+#   4. ends with a table: test, PASS/FAIL, seconds. Exit status 0 only if every row passed.
+#
+# Logs (one per test, plus gpu-check.log) go to $OUT/gpu-check/ when OUT is set, else to a
+# fresh directory under ${TMPDIR:-/tmp}. Extra arguments after the bundle directory are
+# passed to every test executable (e.g. `-- attention` to filter, `--test-threads=1`).
+#
+# Usage: gpu-check.sh [BUNDLE_DIR] [TEST ARGS...]
+#   BUNDLE_DIR defaults to the directory holding this script when it holds tests/ (a copy
+#   inside the bundle), else gpu-bundle/.
+set -uo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+if [ $# -ge 1 ] && [ -d "$1" ]; then
+    BUNDLE="$(cd "$1" && pwd)"
+    shift
+elif [ -d "$here/tests" ]; then
+    BUNDLE="$here"
+else
+    BUNDLE="$(pwd)/gpu-bundle"
+fi
+TEST_ARGS=("$@")
+if [ ! -d "$BUNDLE/tests" ]; then
+    echo "no bundle at $BUNDLE (expected $BUNDLE/tests); build one with scripts/gpu-bundle.sh" >&2
+    exit 2
+fi
+
+if [ -n "${OUT:-}" ]; then
+    LOGS="$OUT/gpu-check"
+else
+    LOGS="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
+fi
+mkdir -p "$LOGS"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-work.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+exec > >(tee "$LOGS/gpu-check.log") 2>&1
+
+echo "== bundle: $BUNDLE"
+[ -f "$BUNDLE/MANIFEST" ] && sed -n '2,4p' "$BUNDLE/MANIFEST"
+echo "== host: $(uname -srm), $(nproc 2>/dev/null || echo '?') CPUs"
+
+echo
+echo "== GPU"
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true
+else
+    echo "nvidia-smi not found"
+fi
+
+# ---- libraries ---------------------------------------------------------------------------------
+
+# Directories that may hold CUDA libraries, in order of preference.
+candidate_dirs() {
+    local d py sp
+    # ldconfig's cache: the directory of every matching library.
+    if command -v ldconfig >/dev/null 2>&1; then
+        ldconfig -p 2>/dev/null | awk -F'=> ' '/libcuda\.so|libnvrtc|libcublasLt/ {print $2}' |
+            xargs -r -n1 dirname 2>/dev/null | awk '!seen[$0]++'
+    fi
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+        /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/targets/x86_64-linux/lib \
+        /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib /usr/lib/wsl/lib /usr/local/nvidia/lib64 \
+        /usr/local/nvidia/lib /opt/cuda/lib64; do
+        [ -d "$d" ] && echo "$d"
+    done
+    # The driver's own directory (where nvidia-smi's libnvidia-ml lives).
+    if command -v nvidia-smi >/dev/null 2>&1 && command -v ldd >/dev/null 2>&1; then
+        ldd "$(command -v nvidia-smi)" 2>/dev/null | awk '/libnvidia-ml/ {print $3}' |
+            xargs -r -n1 dirname 2>/dev/null
+    fi
+    # pip wheels: <site-packages>/nvidia/*/lib (cu13/lib, cuda_nvrtc/lib, cublas/lib, ...).
+    for py in python3 python; do
+        command -v "$py" >/dev/null 2>&1 || continue
+        "$py" - 2>/dev/null <<'PY' | while read -r sp; do
+import site, sys
+paths = list(getattr(site, "getsitepackages", lambda: [])())
+try:
+    paths.append(site.getusersitepackages())
+except Exception:
+    pass
+paths += [p for p in sys.path if p.endswith("-packages")]
+print("\n".join(dict.fromkeys(paths)))
+PY
+            for d in "$sp"/nvidia/*/lib; do [ -d "$d" ] && echo "$d"; done
+        done
+    done
+    [ -d "$WORK/nvrtc" ] && echo "$WORK/nvrtc"
+}
+
+# Prints the full path of the first `name` (a soname) found in the candidate directories.
+find_lib() {
+    local name="$1" d
+    while read -r d; do
+        if [ -e "$d/$name" ]; then
+            echo "$d/$name"
+            return 0
+        fi
+    done < <(candidate_dirs)
+    return 1
+}
+
+LIB_DIRS=()
+add_dir() {
+    local d="$1" x
+    for x in "${LIB_DIRS[@]+"${LIB_DIRS[@]}"}"; do [ "$x" = "$d" ] && return; done
+    LIB_DIRS+=("$d")
+}
+
+echo
+echo "== libraries"
+if p="$(find_lib libcuda.so.1)"; then
+    echo "libcuda.so.1       $p"
+    add_dir "$(dirname "$p")"
+else
+    echo "libcuda.so.1       NOT FOUND (no NVIDIA driver on this machine?)"
+fi
+
+nvrtc=""
+if nvrtc="$(find_lib libnvrtc.so.13)"; then
+    :
+elif ls "$BUNDLE"/nvrtc/libnvrtc.so.13.xz >/dev/null 2>&1; then
+    mkdir -p "$WORK/nvrtc"
+    for f in "$BUNDLE"/nvrtc/*.xz; do
+        out="$WORK/nvrtc/$(basename "$f" .xz)"
+        if command -v xz >/dev/null 2>&1; then
+            xz -dc "$f" >"$out"
+        else
+            python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$f" "$out"
+        fi
+    done
+    echo "(unpacked the bundle's NVRTC into $WORK/nvrtc)"
+    nvrtc="$(find_lib libnvrtc.so.13)" || nvrtc=""
+fi
+if [ -n "$nvrtc" ]; then
+    echo "libnvrtc.so.13     $nvrtc"
+    add_dir "$(dirname "$nvrtc")"
+    export INGOT_NVRTC_LIB="$nvrtc"
+else
+    echo "libnvrtc.so.13     NOT FOUND (bundle built without --with-nvrtc?)"
+fi
+
+if p="$(find_lib libcublasLt.so.13)"; then
+    echo "libcublasLt.so.13  $p"
+    add_dir "$(dirname "$p")"
+else
+    echo "libcublasLt.so.13  not found (not needed by these tests; the CUDA engine's GEMMs will need it)"
+fi
+
+if [ ${#LIB_DIRS[@]} -gt 0 ]; then
+    joined="$(IFS=:; echo "${LIB_DIRS[*]}")"
+    export LD_LIBRARY_PATH="$joined${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+
+# ---- tests -------------------------------------------------------------------------------------
+
+export INGOT_REQUIRE_GPU=1
+export INGOT_REQUIRE_NVRTC=1
+export INGOT_CACHE_DIR="$WORK/kernel-cache"
+export RUST_BACKTRACE=1
+
+NAMES=()
+RESULTS=()
+SECONDS_TAKEN=()
+
+# run NAME LOGFILE CMD...: runs CMD, logging to LOGFILE, and records the result.
+run() {
+    local name="$1" log="$2" t0 t1 rc
+    shift 2
+    echo
+    echo "== $name: $*"
+    t0=$(date +%s.%N)
+    "$@" >"$log" 2>&1
+    rc=$?
+    t1=$(date +%s.%N)
+    cat "$log"
+    NAMES+=("$name")
+    if [ $rc -eq 0 ]; then RESULTS+=("PASS"); else RESULTS+=("FAIL (rc $rc)"); fi
+    SECONDS_TAKEN+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')")
+}
+
+# The kernel compile test first (it needs NVRTC only), then the unit tests, then the GPU tests.
+for name in compile ingot_kernels gpu_kernels; do
+    exe="$BUNDLE/tests/$name"
+    [ -x "$exe" ] || continue
+    run "$name" "$LOGS/$name.log" "$exe" --nocapture "${TEST_ARGS[@]+"${TEST_ARGS[@]}"}"
+done
+for exe in "$BUNDLE"/tests/*; do
+    name="$(basename "$exe")"
+    case "$name" in compile|ingot_kernels|gpu_kernels) continue ;; esac
+    [ -x "$exe" ] && run "$name" "$LOGS/$name.log" "$exe" --nocapture "${TEST_ARGS[@]+"${TEST_ARGS[@]}"}"
+done
+# The binaries start (their libraries resolve) and the CLI parses.
+for b in prep train; do
+    [ -x "$BUNDLE/bin/$b" ] && run "bin/$b --version" "$LOGS/bin-$b.log" "$BUNDLE/bin/$b" --version
+done
+
+echo
+echo "== summary (logs in $LOGS)"
+printf '%-24s %-12s %8s\n' "test" "result" "seconds"
+printf '%-24s %-12s %8s\n' "------------------------" "------------" "--------"
+failed=0
+for i in "${!NAMES[@]}"; do
+    printf '%-24s %-12s %8s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "${SECONDS_TAKEN[$i]}"
+    [ "${RESULTS[$i]}" = PASS ] || failed=$((failed + 1))
+done
+if [ ${#NAMES[@]} -eq 0 ]; then
+    echo "no test executables in $BUNDLE/tests" >&2
+    exit 2
+fi
+if [ $failed -gt 0 ]; then
+    echo "$failed of ${#NAMES[@]} FAILED"
+    exit 1
+fi
+echo "all ${#NAMES[@]} passed"
