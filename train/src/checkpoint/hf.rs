@@ -170,11 +170,27 @@ pub fn read_config(dir: &Path) -> Result<(ModelConfig, Option<u32>, Option<u32>)
             );
         }
     }
-    if cfg.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-        bail!(
-            "{}: rope_scaling is not supported; only plain RoPE models can be loaded",
-            path.display()
-        );
+    // RoPE: transformers 4 writes `rope_theta` (and `rope_scaling`), transformers 5
+    // `rope_parameters`. Only the plain ("default") rotation is computed here.
+    let mut rope_theta = cfg.get("rope_theta").and_then(Value::as_f64);
+    for key in ["rope_scaling", "rope_parameters"] {
+        let Some(rope) = cfg.get(key).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let kind = rope
+            .get("rope_type")
+            .or_else(|| rope.get("type"))
+            .and_then(Value::as_str);
+        if kind.is_some_and(|k| k != "default") {
+            bail!(
+                "{}: {key} asks for {:?} RoPE; only plain (default) RoPE models can be loaded",
+                path.display(),
+                kind.unwrap_or_default()
+            );
+        }
+        if let Some(theta) = rope.get("rope_theta").and_then(Value::as_f64) {
+            rope_theta = Some(theta);
+        }
     }
     for bias in ["attention_bias", "mlp_bias"] {
         if cfg.get(bias).and_then(Value::as_bool) == Some(true) {
@@ -192,10 +208,7 @@ pub fn read_config(dir: &Path) -> Result<(ModelConfig, Option<u32>, Option<u32>)
             .and_then(Value::as_u64)
             .map_or(n_heads, |v| v as usize),
         ffn_dim: usize_field(&cfg, "intermediate_size", &path)?,
-        rope_theta: cfg
-            .get("rope_theta")
-            .and_then(Value::as_f64)
-            .unwrap_or(10_000.0),
+        rope_theta: rope_theta.unwrap_or(10_000.0),
         rms_norm_eps: cfg
             .get("rms_norm_eps")
             .and_then(Value::as_f64)
@@ -220,8 +233,14 @@ pub fn read_config(dir: &Path) -> Result<(ModelConfig, Option<u32>, Option<u32>)
         }
     }
     c.validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let id = |k: &str| cfg.get(k).and_then(Value::as_u64).map(|v| v as u32);
+        .map_err(|e| anyhow::anyhow!("{}: {e} (in config.json)", path.display()))?;
+    // Llama 3 lists several EOS ids; the first one is the document end.
+    let id = |k: &str| {
+        let v = cfg.get(k)?;
+        v.as_u64()
+            .or_else(|| v.as_array()?.first()?.as_u64())
+            .and_then(|v| u32::try_from(v).ok())
+    };
     Ok((c, id("bos_token_id"), id("eos_token_id")))
 }
 
@@ -328,4 +347,46 @@ pub fn read_model_dir(dir: &Path) -> Result<LoadedModel> {
         bos,
         eos,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with(extra: Value) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ModelConfig::preset("tiny", 259).unwrap();
+        let mut v = config_json(&c, Some(256), Some(257));
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_and_eos_lists_are_read() {
+        let dir = config_with(
+            json!({"rope_theta": null, "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}, "eos_token_id": [257, 3]}),
+        );
+        let (c, bos, eos) = read_config(dir.path()).unwrap();
+        assert_eq!(c.rope_theta, 500_000.0);
+        assert_eq!((bos, eos), (Some(256), Some(257)));
+        let dir = config_with(json!({"rope_scaling": {"rope_type": "default"}}));
+        assert_eq!(read_config(dir.path()).unwrap().0.rope_theta, 10_000.0);
+    }
+
+    #[test]
+    fn scaled_rope_and_other_architectures_are_refused() {
+        let dir = config_with(
+            json!({"rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}}),
+        );
+        let e = read_config(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("llama3") && e.contains("default"), "{e}");
+        let dir = config_with(json!({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}));
+        assert!(read_config(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not a Llama"));
+    }
 }
