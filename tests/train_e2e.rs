@@ -54,7 +54,10 @@ fn train(shards: &Path, out: &Path, extra: &[&str]) -> anyhow::Result<ingot_trai
     while i < SMALL.len() {
         let takes_value = SMALL.get(i + 1).is_some_and(|v| !v.starts_with("--"));
         let n = if takes_value { 2 } else { 1 };
-        if !extra.contains(&SMALL[i]) {
+        // --init-from takes the shape from the model it loads.
+        let shape = matches!(SMALL[i], "--model" | "--n-layers");
+        let overridden = extra.contains(&SMALL[i]) || (shape && extra.contains(&"--init-from"));
+        if !overridden {
             a.extend_from_slice(&SMALL[i..i + n]);
         }
         i += n;
@@ -359,10 +362,8 @@ fn bad_inputs_are_refused_before_any_work() {
         "{msg}"
     );
 
-    // A diverging run stops naming the step and leaves the last checkpoint as it was.
+    // A diverging run stops naming the step; the checkpoint saved before is left as it was.
     let nan = dir.path().join("nan");
-    train(&shards, &nan, &["--steps", "2", "--no-eval"]).unwrap();
-    let before = std::fs::read(nan.join("checkpoints/step-0000002/model.safetensors")).unwrap();
     let msg = format!(
         "{:#}",
         train(
@@ -372,7 +373,8 @@ fn bad_inputs_are_refused_before_any_work() {
                 "--steps",
                 "20",
                 "--no-eval",
-                "--resume",
+                "--save-every",
+                "1",
                 "--lr",
                 "1e30",
                 "--warmup",
@@ -387,10 +389,42 @@ fn bad_inputs_are_refused_before_any_work() {
         msg.contains("at step") && msg.contains("untouched"),
         "{msg}"
     );
-    assert_eq!(checkpoint::list(&nan.join("checkpoints")).len(), 1);
+    let kept = checkpoint::list(&nan.join("checkpoints"));
+    assert!(!kept.is_empty(), "{msg}");
+    hf::read_model_dir(&kept.last().unwrap().1).unwrap();
+
+    // Resuming keeps the run's saved settings (and says which of today's options differ), and a
+    // finished run asks for a larger --steps.
+    let mut again = vec!["--steps", "3", "--no-eval", "--resume"];
+    let msg = format!("{:#}", train(&shards, &stopped, &again).unwrap_err());
     assert!(
-        before == std::fs::read(nan.join("checkpoints/step-0000002/model.safetensors")).unwrap()
+        msg.contains("already at step 3 of 3") && msg.contains("--steps"),
+        "{msg}"
     );
+    again[1] = "4";
+    assert_eq!(train(&shards, &stopped, &again).unwrap().steps, 4);
+
+    // Values that would make a run meaningless are refused up front.
+    for (flag, value, expect) in [
+        ("--lr", "NaN", "--lr"),
+        ("--beta2", "1", "--beta2"),
+        ("--epochs", "0", "--epochs"),
+        ("--keep-last", "0", "--keep-last"),
+        (
+            "--batch-tokens",
+            "9223372036854775808",
+            "one optimizer step needs",
+        ),
+    ] {
+        let msg = error_of(&shards, &out, &[flag, value]);
+        assert!(msg.contains(expect), "{flag} {value}: {msg}");
+    }
+    let msg = error_of(
+        &shards,
+        &out,
+        &["--batch-size", "4", "--grad-accum", "2305843009213693952"],
+    );
+    assert!(msg.contains("--grad-accum"), "{msg}");
 }
 
 #[test]

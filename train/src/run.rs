@@ -69,9 +69,60 @@ fn stop_flag() -> &'static Arc<AtomicBool> {
         let f = Arc::clone(&flag);
         // If a handler cannot be installed (another library owns the signals), training still
         // runs; only the graceful stop is lost.
-        let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
+        // A second signal means "now": exit at once (the last checkpoint is intact).
+        let _ = ctrlc::set_handler(move || {
+            if f.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
         flag
     })
+}
+
+/// Refuses values that would make the run meaningless before any work is done.
+fn check_hyperparameters(args: &TrainArgs, lr: f64) -> Result<()> {
+    let nonneg = |name: &str, v: Option<f64>| -> Result<()> {
+        match v {
+            Some(x) if !x.is_finite() || x < 0.0 => {
+                bail!("{name} must be a finite number ≥ 0, got {x}")
+            }
+            _ => Ok(()),
+        }
+    };
+    nonneg("--lr", Some(lr))?;
+    nonneg("--min-lr", args.min_lr)?;
+    nonneg("--weight-decay", args.weight_decay.map(f64::from))?;
+    nonneg("--adam-eps", args.adam_eps.map(f64::from))?;
+    nonneg("--grad-clip", args.grad_clip.map(f64::from))?;
+    for (name, b) in [("--beta1", args.beta1), ("--beta2", args.beta2)] {
+        if let Some(b) = b {
+            if !(0.0..1.0).contains(&b) {
+                bail!("{name} must be in [0, 1), got {b}");
+            }
+        }
+    }
+    if let Some(f) = args.decay_fraction {
+        if !(f > 0.0 && f <= 1.0) {
+            bail!("--decay-fraction must be in (0, 1], got {f}");
+        }
+    }
+    for (name, v) in [
+        ("--eval-batches", args.eval_batches),
+        ("--keep-last", args.keep_last),
+    ] {
+        if v == Some(0) {
+            bail!("{name} must be at least 1");
+        }
+    }
+    for (name, v) in [
+        ("--log-every", args.log_every),
+        ("--stop-after", args.stop_after),
+    ] {
+        if v == Some(0) {
+            bail!("{name} must be at least 1");
+        }
+    }
+    Ok(())
 }
 
 fn model_config(args: &TrainArgs, vocab_size: usize) -> Result<ModelConfig> {
@@ -130,6 +181,26 @@ fn differences(a: &ModelConfig, b: &ModelConfig) -> String {
     out.join(", ")
 }
 
+/// `key: a → b` for every top-level setting that differs between two run configurations.
+fn differences_json(now: &RunConfig, saved: &RunConfig) -> Vec<String> {
+    let (a, b) = (
+        serde_json::to_value(now).unwrap_or_default(),
+        serde_json::to_value(saved).unwrap_or_default(),
+    );
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Vec::new();
+    };
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k} (given {v}, kept {})",
+                b.get(k).unwrap_or(&serde_json::Value::Null)
+            )
+        })
+        .collect()
+}
+
 /// Loads the dataset tokenizer's BOS/EOS strings for the checkpoint's tokenizer_config.json.
 fn special(tok: &Tokenizer, id: Option<u32>) -> Option<(u32, String)> {
     id.and_then(|i| tok.id_to_token(i).map(|t| (i, t.to_string())))
@@ -181,6 +252,19 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     let mut model = model_config(&args, vocab)?;
     let mut loaded: Option<Vec<f32>> = None;
     if let Some(dir) = &args.init_from {
+        let shape_flags = [
+            args.model.is_some(),
+            args.dim.is_some(),
+            args.n_layers.is_some(),
+            args.n_heads.is_some(),
+            args.n_kv_heads.is_some(),
+            args.ffn_dim.is_some(),
+            args.rope_theta.is_some(),
+            args.tie_embeddings.is_some(),
+        ];
+        if shape_flags.iter().any(|&given| given) {
+            bail!("--init-from {} takes the model's shape from its config.json; leave out --model, --dim, --n-layers, --n-heads, --n-kv-heads, --ffn-dim, --rope-theta and --tie-embeddings", dir.display());
+        }
         // The configuration alone decides whether the weights are worth reading.
         let (shape, _, _) = hf::read_config(dir)?;
         if shape.vocab_size != vocab {
@@ -216,9 +300,13 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let train_blocks = index.splits.train.blocks;
+    if batch_size as u64 > train_blocks {
+        bail!("--batch-size {batch_size} is larger than the train split ({train_blocks} blocks); use --batch-size {train_blocks} or less, or a smaller --block-size in prep");
+    }
     let grad_accum = match args.batch_tokens {
         Some(t) => {
-            let per_micro = batch_size * seq_len;
+            let per_micro = batch_size * seq_len; // both bounded by the dataset above
             if t < per_micro || t % per_micro != 0 {
                 bail!("--batch-tokens {t} must be a multiple of --batch-size × --seq-len = {per_micro}");
             }
@@ -229,11 +317,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     if grad_accum == 0 {
         bail!("--grad-accum must be at least 1");
     }
-    let train_blocks = index.splits.train.blocks;
-    if batch_size as u64 > train_blocks {
-        bail!("--batch-size {batch_size} is larger than the train split ({train_blocks} blocks); use --batch-size {train_blocks} or less, or a smaller --block-size in prep");
-    }
-    if (batch_size * grad_accum) as u64 > train_blocks {
+    if (batch_size as u64).saturating_mul(grad_accum as u64) > train_blocks {
         bail!(
             "one optimizer step needs {} blocks (--batch-size {batch_size} × --grad-accum {grad_accum}) but the train split has {train_blocks}; lower one of them",
             batch_size * grad_accum
@@ -244,6 +328,11 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         bail!("the dataset's val split is empty, so nothing can be evaluated; re-run prep with --val-fraction above 0, or pass --no-eval");
     }
     let step_blocks = (batch_size * grad_accum) as u64;
+    if let Some(e) = args.epochs {
+        if !e.is_finite() || e <= 0.0 {
+            bail!("--epochs must be a positive number, got {e}");
+        }
+    }
     let steps = match (args.steps, args.epochs, args.tokens) {
         (Some(s), _, _) => s,
         (None, Some(e), _) => ((e * train_blocks as f64) / step_blocks as f64).ceil() as u64,
@@ -254,6 +343,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         bail!("the run has 0 steps; give --steps, --epochs or --tokens");
     }
     let lr = args.lr.unwrap_or(1e-3);
+    check_hyperparameters(&args, lr)?;
     let schedule = Schedule {
         kind: args.schedule.unwrap_or(ScheduleKind::Cosine),
         lr,
@@ -281,11 +371,11 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         optimizer,
         grad_clip: args.grad_clip.or(Some(1.0)).filter(|c| *c > 0.0),
         eval_every: args.eval_every.unwrap_or(100),
-        eval_batches: args.eval_batches.unwrap_or(20).max(1),
+        eval_batches: args.eval_batches.unwrap_or(20),
         evaluate,
         save_every: args.save_every.unwrap_or(500),
         keep_last: args.keep_last.unwrap_or(2),
-        log_every: args.log_every.unwrap_or(10).max(1),
+        log_every: args.log_every.unwrap_or(10),
         seed: args.seed.unwrap_or(0),
         device: args.device.clone().unwrap_or_else(|| "auto".into()),
         init_from: args.init_from.clone(),
@@ -303,9 +393,34 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         model: model.clone(),
     };
     let mut optimizer_state = None;
+    let mut config = config;
     if let Some(dir) = &resume_from {
         let state = checkpoint::read_state(dir)?;
-        if state.model != model {
+        // The run's own settings are the defaults of a resumed run: the shape and every
+        // training option come from its config.json, so `--resume` alone continues exactly.
+        let saved_path = run_dir.join("config.json");
+        let saved: RunConfig = serde_json::from_str(
+            &std::fs::read_to_string(&saved_path)
+                .with_context(|| format!("--resume: cannot read {}", saved_path.display()))?,
+        )
+        .with_context(|| {
+            format!(
+                "--resume: {} is not a run configuration",
+                saved_path.display()
+            )
+        })?;
+        let shape_given = [
+            args.model.is_some(),
+            args.dim.is_some(),
+            args.n_layers.is_some(),
+            args.n_heads.is_some(),
+            args.n_kv_heads.is_some(),
+            args.ffn_dim.is_some(),
+            args.rope_theta.is_some(),
+            args.tie_embeddings.is_some(),
+        ]
+        .contains(&true);
+        if shape_given && state.model != model {
             bail!(
                 "--resume: the checkpoint in {} is a different model ({})",
                 dir.display(),
@@ -315,18 +430,54 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         if state.dataset_index_sha256 != index_sha {
             bail!("--resume: the checkpoint in {} was trained on another dataset (index.json differs from {})", dir.display(), shards.display());
         }
-        let ck_tok = std::fs::read(dir.join("tokenizer.json")).unwrap_or_default();
-        if sha256_hex(&ck_tok) != index.tokenizer.sha256 {
-            bail!("--resume: the checkpoint's tokenizer.json differs from the dataset's");
+        match std::fs::read(dir.join("tokenizer.json")) {
+            Ok(t) if sha256_hex(&t) == index.tokenizer.sha256 => {}
+            Ok(_) => bail!("--resume: the checkpoint's tokenizer.json differs from the dataset's"),
+            Err(e) => bail!("--resume: {}: {e}", dir.join("tokenizer.json").display()),
         }
-        if state.seed != config.seed {
+        if args.seed.is_some_and(|s| s != state.seed) {
             bail!(
                 "--resume: the run used --seed {}, not {}",
                 state.seed,
                 config.seed
             );
         }
+        let mut resumed = saved.clone();
+        resumed.model = state.model.clone();
+        resumed.shards = config.shards.clone();
+        resumed.out = config.out.clone();
+        resumed.device = config.device.clone();
+        resumed.seed = state.seed;
+        // The run may be lengthened (or shortened) deliberately.
+        if args.steps.is_some() || args.epochs.is_some() || args.tokens.is_some() {
+            resumed.steps = config.steps;
+            resumed.schedule.total_steps = config.steps;
+        }
+        let kept: Vec<String> = differences_json(&config, &resumed);
+        if !kept.is_empty() {
+            eprintln!(
+                "notice: --resume keeps the run's saved settings where today's options differ: {}",
+                kept.join(", ")
+            );
+        }
+        if state.step >= resumed.steps {
+            bail!(
+                "--resume: the run is already at step {} of {}; pass a larger --steps to continue it",
+                state.step,
+                resumed.steps
+            );
+        }
         let (params, opt) = checkpoint::read_optimizer(dir)?;
+        if opt.step != state.step {
+            bail!(
+                "--resume: {} says step {} but its optimizer state is at step {}; the checkpoint is inconsistent, resume from an earlier one by removing this directory",
+                dir.display(),
+                state.step,
+                opt.step
+            );
+        }
+        model = state.model.clone();
+        config = resumed;
         loaded = Some(params);
         optimizer_state = Some(opt);
         start = state;
@@ -452,9 +603,11 @@ fn train_loop(
                 });
             bail!("the loss became {loss} at step {}; stopping ({kept}); try a lower --lr or a --grad-clip", step + 1);
         }
-        let norm = engine.step(&config.optimizer, lr as f32, config.grad_clip)?;
+        let norm = engine
+            .step(&config.optimizer, lr as f32, config.grad_clip)
+            .with_context(|| format!("at step {}, the last checkpoint is untouched", step + 1))?;
         state.step += 1;
-        state.tokens_seen += step_tokens;
+        state.tokens_seen = state.tokens_seen.saturating_add(step_tokens);
         state.data = stream.position;
         last_loss = loss;
 
@@ -467,10 +620,15 @@ fn train_loop(
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
 
         let last = state.step == config.steps;
+        let interrupted =
+            stop.load(Ordering::SeqCst) || stop_after.is_some_and(|n| state.step - first_step >= n);
+        let saving = last
+            || interrupted
+            || (config.save_every > 0 && state.step.is_multiple_of(config.save_every));
         state.val_loss = None;
-        if config.evaluate
-            && (last || (config.eval_every > 0 && state.step.is_multiple_of(config.eval_every)))
-        {
+        // Every checkpoint carries a validation loss, so `best` can be chosen among all of them.
+        let eval_due = config.eval_every > 0 && state.step.is_multiple_of(config.eval_every);
+        if config.evaluate && (last || eval_due || saving) {
             let vl = evaluate(engine)?;
             state.val_loss = Some(vl);
             state.best_val_loss = Some(state.best_val_loss.map_or(vl, |b: f64| b.min(vl)));
@@ -484,13 +642,15 @@ fn train_loop(
                 bar.suspend(|| eprintln!("warning: loss plot not written: {e:#}"));
             }
         }
-        let interrupted =
-            stop.load(Ordering::SeqCst) || stop_after.is_some_and(|n| state.step - first_step >= n);
-        if last
-            || interrupted
-            || (config.save_every > 0 && state.step.is_multiple_of(config.save_every))
-        {
+        if saving {
             let params = engine.params();
+            if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
+                bar.finish_and_clear();
+                bail!(
+                    "the weights hold a non-finite value (parameter {bad}) after step {}; nothing was saved and the last checkpoint is untouched; try a lower --lr",
+                    state.step
+                );
+            }
             let opt = engine.optimizer_state();
             let path = checkpoint::save(
                 checkpoints,

@@ -172,7 +172,9 @@ pub fn list(checkpoints: &Path) -> Vec<(u64, PathBuf)> {
 }
 
 /// Keeps the newest `keep_last` checkpoints and the one with the best validation loss, and
-/// points `checkpoints/best` at that one.
+/// points `checkpoints/best` at that one. The link moves first and a directory is renamed to a
+/// hidden name before it is deleted, so a kill at any point leaves `best` and every `step-`
+/// directory complete.
 pub fn prune(checkpoints: &Path, keep_last: usize) -> Result<()> {
     let all = list(checkpoints);
     let best = all
@@ -185,19 +187,28 @@ pub fn prune(checkpoints: &Path, keep_last: usize) -> Result<()> {
         })
         .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
         .map(|(_, step)| step);
-    let keep_from = all.len().saturating_sub(keep_last.max(1));
-    for (i, (step, path)) in all.iter().enumerate() {
-        if i < keep_from && Some(*step) != best {
-            fs::remove_dir_all(path)
-                .with_context(|| format!("cannot remove {}", path.display()))?;
-        }
-    }
-    let link = checkpoints.join("best");
     if let Some(step) = best {
         let tmp = checkpoints.join(".best-link");
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(step_dir_name(step), &tmp)?;
-        fs::rename(&tmp, &link)?;
+        fs::rename(&tmp, checkpoints.join("best"))?;
+    }
+    let keep_from = all.len().saturating_sub(keep_last.max(1));
+    for (i, (step, path)) in all.iter().enumerate() {
+        if i < keep_from && Some(*step) != best {
+            let doomed = checkpoints.join(format!(".del-{}", step_dir_name(*step)));
+            fs::rename(path, &doomed)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+            fs::remove_dir_all(&doomed)
+                .with_context(|| format!("cannot remove {}", doomed.display()))?;
+        }
+    }
+    // Leftovers of saves or removals that a kill interrupted.
+    for entry in fs::read_dir(checkpoints)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".del-") || name.starts_with(".tmp-") || name.starts_with(".old-") {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
     Ok(())
 }

@@ -527,9 +527,14 @@ impl Engine for CpuEngine {
 
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
         let norm = global_norm(&self.model.grads);
+        if !norm.is_finite() {
+            self.model.grads.fill(0.0);
+            bail!("the gradient norm is {norm}; the step was not applied (try a lower --lr or a --grad-clip)");
+        }
+        // As torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1.
         let scale = match grad_clip {
-            Some(clip) if norm > clip && norm.is_finite() => clip / norm,
-            _ => 1.0,
+            Some(clip) => (clip / (norm + 1e-6)).min(1.0),
+            None => 1.0,
         };
         self.step += 1;
         adamw_step(
