@@ -15,6 +15,7 @@
 //! with f32 accumulation; see the comment at the top of each `.cu` file.
 
 pub mod launch;
+pub mod matmul;
 pub mod nvrtc;
 pub mod probe;
 
