@@ -449,6 +449,34 @@ fn config_file_values_apply_and_the_command_line_wins() {
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(resolved["batch_size"], 4);
     assert_eq!(resolved["schedule"]["lr"], 0.002);
+    // A run length given on the command line replaces the file's, whatever its kind.
+    let out2 = dir.path().join("run-tokens");
+    train(
+        &shards,
+        &out2,
+        &["--config", path_str(&cfg), "--tokens", "256"],
+    )
+    .unwrap();
+    let resolved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out2.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        resolved["steps"], 1,
+        "256 tokens at 2 × 32 per step: {resolved}"
+    );
+    std::fs::write(&cfg, "steps = [1\n").unwrap();
+    let msg = format!(
+        "{:#}",
+        train(
+            &shards,
+            &dir.path().join("r1"),
+            &["--config", path_str(&cfg)]
+        )
+        .unwrap_err()
+    );
+    assert!(
+        msg.contains("run.toml:1: not valid TOML") && !msg.contains('\n'),
+        "{msg}"
+    );
     std::fs::write(&cfg, "stepz = 3\n").unwrap();
     let msg = format!(
         "{:#}",

@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("{}: {source}", .path.display())]
+    // The I/O error is part of the one-line message, not a separate `source`, so that
+    // printing the whole chain does not repeat it.
+    #[error("{}: {cause}", .path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: no index.json, so this is not a finished ingot dataset (prep writes index.json last; an interrupted prep leaves none)", .dir.display())]
     MissingIndex { dir: PathBuf },
@@ -24,7 +25,7 @@ impl FormatError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         FormatError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -209,13 +209,31 @@ impl TrainArgs {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --config {}", path.display()))?;
-        let file: toml::Value =
-            toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+        let file: toml::Value = toml::from_str(&text).map_err(|e| {
+            // toml's own message draws the offending line; keep one line: where and what.
+            let line = e.span().map_or(0, |r| {
+                text[..r.start.min(text.len())].lines().count().max(1)
+            });
+            anyhow::anyhow!("{}:{line}: not valid TOML: {}", path.display(), e.message())
+        })?;
         let mut merged = serde_json::to_value(file).context("config to JSON")?;
         let cli = serde_json::to_value(self)?;
         let (Some(m), Some(c)) = (merged.as_object_mut(), cli.as_object()) else {
             anyhow::bail!("{}: expected a table of options", path.display());
         };
+        // Options that exclude each other: the command line's choice removes the file's.
+        let groups: [&[&str]; 2] = [
+            &["steps", "epochs", "tokens"],
+            &["grad_accum", "batch_tokens"],
+        ];
+        let given = |k: &str| c.get(k).is_some_and(|v| !v.is_null());
+        for group in groups {
+            if group.iter().any(|k| given(k)) {
+                for k in group {
+                    m.remove(*k);
+                }
+            }
+        }
         for (k, v) in c {
             if !(v.is_null() || *v == serde_json::Value::Bool(false)) {
                 m.insert(k.clone(), v.clone());
