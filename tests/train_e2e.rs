@@ -460,8 +460,8 @@ fn config_file_values_apply_and_the_command_line_wins() {
     let resolved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out2.join("config.json")).unwrap()).unwrap();
     assert_eq!(
-        resolved["steps"], 1,
-        "256 tokens at 2 × 32 per step: {resolved}"
+        resolved["steps"], 2,
+        "256 tokens at 4 × 32 per step: {resolved}"
     );
     std::fs::write(&cfg, "steps = [1\n").unwrap();
     let msg = format!(
