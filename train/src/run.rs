@@ -125,6 +125,18 @@ fn check_hyperparameters(args: &TrainArgs, lr: f64) -> Result<()> {
     Ok(())
 }
 
+/// Whether any option that sets the model's shape was given.
+fn shape_given(args: &TrainArgs) -> bool {
+    args.model.is_some()
+        || args.dim.is_some()
+        || args.n_layers.is_some()
+        || args.n_heads.is_some()
+        || args.n_kv_heads.is_some()
+        || args.ffn_dim.is_some()
+        || args.rope_theta.is_some()
+        || args.tie_embeddings.is_some()
+}
+
 fn model_config(args: &TrainArgs, vocab_size: usize) -> Result<ModelConfig> {
     let name = args.model.as_deref().unwrap_or("tiny");
     let mut c = ModelConfig::preset(name, vocab_size).with_context(|| {
@@ -252,17 +264,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     let mut model = model_config(&args, vocab)?;
     let mut loaded: Option<Vec<f32>> = None;
     if let Some(dir) = &args.init_from {
-        let shape_flags = [
-            args.model.is_some(),
-            args.dim.is_some(),
-            args.n_layers.is_some(),
-            args.n_heads.is_some(),
-            args.n_kv_heads.is_some(),
-            args.ffn_dim.is_some(),
-            args.rope_theta.is_some(),
-            args.tie_embeddings.is_some(),
-        ];
-        if shape_flags.iter().any(|&given| given) {
+        if shape_given(&args) {
             bail!("--init-from {} takes the model's shape from its config.json; leave out --model, --dim, --n-layers, --n-heads, --n-kv-heads, --ffn-dim, --rope-theta and --tie-embeddings", dir.display());
         }
         // The configuration alone decides whether the weights are worth reading.
@@ -409,18 +411,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
                 saved_path.display()
             )
         })?;
-        let shape_given = [
-            args.model.is_some(),
-            args.dim.is_some(),
-            args.n_layers.is_some(),
-            args.n_heads.is_some(),
-            args.n_kv_heads.is_some(),
-            args.ffn_dim.is_some(),
-            args.rope_theta.is_some(),
-            args.tie_embeddings.is_some(),
-        ]
-        .contains(&true);
-        if shape_given && state.model != model {
+        if shape_given(&args) && state.model != model {
             bail!(
                 "--resume: the checkpoint in {} is a different model ({})",
                 dir.display(),
