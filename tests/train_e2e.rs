@@ -410,6 +410,7 @@ fn bad_inputs_are_refused_before_any_work() {
         ("--beta2", "1", "--beta2"),
         ("--epochs", "0", "--epochs"),
         ("--keep-last", "0", "--keep-last"),
+        ("--dim", "1048576", "parameters"),
         (
             "--batch-tokens",
             "9223372036854775808",

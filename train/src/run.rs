@@ -125,6 +125,30 @@ fn check_hyperparameters(args: &TrainArgs, lr: f64) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a run whose model and micro-batch cannot fit in the memory this machine has
+/// available (Linux `/proc/meminfo`), instead of aborting on an allocation later.
+fn check_memory(model: &ModelConfig, batch: usize, seq: usize) -> Result<()> {
+    let need = crate::engine::cpu::memory_estimate(model, batch, seq);
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u128>().ok())
+            .map(|kb| kb * 1024)
+    });
+    if let Some(avail) = available {
+        if need > avail {
+            let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+            bail!(
+                "this model and micro-batch need about {:.1} GiB but {:.1} GiB of memory is available; lower --batch-size or --seq-len (attention keeps batch × heads × seq² values per layer), or use a smaller model",
+                gib(need),
+                gib(avail)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Whether any option that sets the model's shape was given.
 fn shape_given(args: &TrainArgs) -> bool {
     args.model.is_some()
@@ -474,6 +498,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         start = state;
     }
 
+    check_memory(&model, config.batch_size, config.seq_len)?;
     let params = loaded.unwrap_or_else(|| init_params(&model, &Layout::new(&model), config.seed));
     let (mut engine, notice) = crate::device::create(&config.device, model.clone(), params)?;
     if let Some(opt) = optimizer_state {

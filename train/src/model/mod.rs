@@ -78,6 +78,12 @@ impl ModelConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        // Far beyond what one machine trains; refusing here avoids an allocation abort.
+        const MAX_PARAMS: u128 = 1 << 36;
+        let n = self.checked_num_params();
+        if n > MAX_PARAMS {
+            return Err(format!("the model would have {n} parameters, more than the {MAX_PARAMS} this trainer supports; lower --dim, --n-layers or --ffn-dim"));
+        }
         if !self.dim.is_multiple_of(self.n_heads) {
             return Err(format!(
                 "--dim {} is not a multiple of --n-heads {}",
@@ -104,6 +110,20 @@ impl ModelConfig {
             return Err("--rope-theta and rms_norm_eps must be positive".into());
         }
         Ok(())
+    }
+
+    /// Parameter count computed without overflow, for validation before any allocation.
+    pub fn checked_num_params(&self) -> u128 {
+        let (v, d, f) = (
+            self.vocab_size as u128,
+            self.dim as u128,
+            self.ffn_dim as u128,
+        );
+        let hd = (self.dim / self.n_heads.max(1)) as u128;
+        let (q, kv) = (self.n_heads as u128 * hd, self.n_kv_heads as u128 * hd);
+        let block = 2 * d + q * d + 2 * kv * d + d * q + 3 * f * d;
+        let head = if self.tie_embeddings { 0 } else { v * d };
+        v * d + self.n_layers as u128 * block + d + head
     }
 
     /// Total parameter count.

@@ -111,6 +111,20 @@ impl<T: Float> Acts<T> {
     }
 }
 
+/// Bytes the CPU engine needs for a model and micro-batch shape: parameters, gradients and
+/// both AdamW moments (16 bytes each), plus the activations kept for the backward pass.
+pub fn memory_estimate(c: &ModelConfig, batch: usize, seq: usize) -> u128 {
+    let n = (batch * seq) as u128;
+    let (d, f) = (c.dim as u128, c.ffn_dim as u128);
+    let hd = c.head_dim() as u128;
+    let (qd, kvd) = (c.n_heads as u128 * hd, c.n_kv_heads as u128 * hd);
+    let per_block = n * (5 * d + 2 + 2 * qd + 2 * kvd + 3 * f)
+        + batch as u128 * c.n_heads as u128 * (seq as u128) * (seq as u128);
+    let scratch =
+        n * (5 * d + 2 * qd + 2 * kvd + 3 * f) + LM_HEAD_ROWS as u128 * c.vocab_size as u128;
+    16 * c.checked_num_params() + 4 * (c.n_layers as u128 * per_block + scratch)
+}
+
 /// The model's parameters and gradients in flat buffers, plus activations.
 pub struct Model<T: Float> {
     pub config: ModelConfig,
@@ -746,6 +760,19 @@ mod tests {
     }
 
     /// k micro-batches of B rows with scale 1/k give the gradient of one batch of B·k rows.
+    #[test]
+    fn memory_estimate_counts_parameters_and_attention() {
+        let c = small_config();
+        let params = 16 * c.checked_num_params();
+        assert_eq!(params, 16 * Layout::new(&c).len() as u128);
+        let short = memory_estimate(&c, 2, 8);
+        let long = memory_estimate(&c, 2, 16);
+        // Doubling the sequence at least quadruples the per-layer attention probabilities.
+        let probs = |t: u128| 4 * c.n_layers as u128 * 2 * c.n_heads as u128 * t * t;
+        assert!(long - short >= probs(16) - probs(8));
+        assert!(short > params);
+    }
+
     #[test]
     fn accumulation_equals_one_big_batch() {
         let c = small_config();
