@@ -4,6 +4,7 @@
 #
 #   <bundle>/tests/gpu_kernels       train's GPU kernel tests     (cargo test --release --no-run)
 #   <bundle>/tests/gpu_matmul        train's cuBLASLt GEMM tests
+#   <bundle>/tests/gpu_engine        the CUDA engine against the CPU engine
 #   <bundle>/tests/compile           ingot-kernels' NVRTC compile test
 #   <bundle>/tests/ingot_kernels     ingot-kernels' unit tests (probe, launcher, Gpu::new)
 #   <bundle>/bin/prep, bin/train     the release binaries
@@ -40,7 +41,7 @@ echo "== building test executables (cargo test --release --no-run)"
 JSON="$(mktemp)"
 trap 'rm -f "$JSON"' EXIT
 cargo test --release --no-run --message-format=json \
-    -p ingot-train --test gpu_kernels --test gpu_matmul \
+    -p ingot-train --test gpu_kernels --test gpu_matmul --test gpu_engine \
     -p ingot-kernels --test compile --lib >"$JSON"
 
 # "name<TAB>executable" of every test artifact, from cargo's JSON messages.
@@ -59,7 +60,7 @@ PY
 found=0
 while IFS=$'\t' read -r name exe; do
     case "$name" in
-        gpu_kernels|gpu_matmul|compile|ingot_kernels) ;;
+        gpu_kernels|gpu_matmul|gpu_engine|compile|ingot_kernels) ;;
         *) continue ;;
     esac
     cp "$exe" "$BUNDLE/tests/$name"
@@ -68,8 +69,8 @@ while IFS=$'\t' read -r name exe; do
     found=$((found + 1))
 done <"$JSON.list"
 rm -f "$JSON.list"
-if [ "$found" -ne 4 ]; then
-    echo "expected 4 test executables (gpu_kernels, gpu_matmul, compile, ingot_kernels), found $found" >&2
+if [ "$found" -ne 5 ]; then
+    echo "expected 5 test executables (gpu_kernels, gpu_matmul, gpu_engine, compile, ingot_kernels), found $found" >&2
     exit 1
 fi
 

@@ -190,14 +190,14 @@ run() {
 }
 
 # The kernel compile test first (it needs NVRTC only), then the unit tests, then the GPU tests.
-for name in compile ingot_kernels gpu_kernels gpu_matmul; do
+for name in compile ingot_kernels gpu_kernels gpu_matmul gpu_engine; do
     exe="$BUNDLE/tests/$name"
     [ -x "$exe" ] || continue
     run "$name" "$LOGS/$name.log" "$exe" --nocapture "${TEST_ARGS[@]+"${TEST_ARGS[@]}"}"
 done
 for exe in "$BUNDLE"/tests/*; do
     name="$(basename "$exe")"
-    case "$name" in compile|ingot_kernels|gpu_kernels|gpu_matmul) continue ;; esac
+    case "$name" in compile|ingot_kernels|gpu_kernels|gpu_matmul|gpu_engine) continue ;; esac
     [ -x "$exe" ] && run "$name" "$LOGS/$name.log" "$exe" --nocapture "${TEST_ARGS[@]+"${TEST_ARGS[@]}"}"
 done
 # The binaries start (their libraries resolve) and the CLI parses.

@@ -5,6 +5,7 @@
 //! ([`cpu::CpuEngine`]) is the f32 reference.
 
 pub mod cpu;
+pub mod cuda;
 pub mod optim;
 
 use anyhow::Result;

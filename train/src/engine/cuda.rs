@@ -1,0 +1,918 @@
+//! The CUDA engine, f32 storage: the CPU engine's forward and backward passes ([`super::cpu`]),
+//! step for step, with every operation a kernel of `ingot_kernels::launch` or a cuBLASLt GEMM of
+//! `ingot_kernels::matmul`, all enqueued on one stream.
+//!
+//! Memory: parameters, gradients and both AdamW moments are flat f32 device buffers in the
+//! model's [`Layout`], allocated once in [`CudaEngine::new`]. Activations live in one device
+//! arena sized for the largest micro-batch seen (in tokens); a smaller shape reuses it, so a
+//! warm step allocates no device memory.
+//!
+//! The typed launchers of `ingot_kernels::launch` take whole `CudaSlice`s of exact lengths, so
+//! tensors inside a flat buffer (a norm's weight, the embedding's gradient, one slab of
+//! logits) are passed as [`Alias`]es: non-owning `CudaSlice`s over a sub-range, made with
+//! `CudaStream::upgrade_device_ptr` and leaked (never freed) on drop. The owner of the memory
+//! is always a plain `CudaSlice` held by the engine next to its aliases, and an alias is
+//! rebuilt whenever its owner is reallocated. The GEMMs take `CudaView`s directly.
+
+use std::mem::{size_of, ManuallyDrop};
+use std::ops::{Deref, DerefMut};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use ingot_kernels::launch::{AdamWHyper, CudaSlice, Gpu};
+use ingot_kernels::matmul::{Blas, CudaStream};
+
+use super::optim::{decay_mask, AdamW};
+use super::{Batch, Engine, OptimizerState};
+use crate::model::{Layout, ModelConfig};
+
+/// Rows of the LM head processed at a time (as the CPU engine's `LM_HEAD_ROWS`).
+const LM_HEAD_ROWS: usize = 256;
+
+/// Arena sub-buffers start at multiples of this many elements (256 bytes for f32), so the
+/// GEMMs see well-aligned operands.
+const ARENA_ALIGN: usize = 64;
+
+/// Runs `f`, turning a panic (cudarc unwraps some driver results) into an error.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".into());
+        anyhow!("{what}: {}", msg.replace('\n', " "))
+    })
+}
+
+/// A non-owning `CudaSlice` over part of a buffer owned elsewhere; leaked, not freed, on drop.
+struct Alias<T> {
+    slice: ManuallyDrop<CudaSlice<T>>,
+    ptr: u64,
+}
+
+impl<T> Alias<T> {
+    /// # Safety
+    /// `ptr .. ptr + len * size_of::<T>()` must lie inside a live device allocation that
+    /// outlives the alias.
+    unsafe fn new(stream: &Arc<CudaStream>, ptr: u64, len: usize) -> Result<Alias<T>> {
+        // SAFETY: forwarded to the caller.
+        let slice = guarded("creating a device buffer view", || unsafe {
+            stream.upgrade_device_ptr::<T>(ptr, len)
+        })?;
+        Ok(Alias {
+            slice: ManuallyDrop::new(slice),
+            ptr,
+        })
+    }
+
+    /// An alias of `len` elements from element `off` of this one.
+    fn sub(&self, stream: &Arc<CudaStream>, off: usize, len: usize) -> Result<Alias<T>> {
+        if off + len > self.slice.len() {
+            bail!(
+                "view {off}..{} outside a buffer of {}",
+                off + len,
+                self.slice.len()
+            );
+        }
+        // SAFETY: inside this alias, hence inside its owner's allocation.
+        unsafe { Alias::new(stream, self.ptr + (off * size_of::<T>()) as u64, len) }
+    }
+}
+
+impl<T> Drop for Alias<T> {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; leaking hands the pointer back without freeing it.
+        let slice = unsafe { ManuallyDrop::take(&mut self.slice) };
+        let _ = catch_unwind(AssertUnwindSafe(move || slice.leak()));
+    }
+}
+
+impl<T> Deref for Alias<T> {
+    type Target = CudaSlice<T>;
+    fn deref(&self) -> &CudaSlice<T> {
+        &self.slice
+    }
+}
+
+impl<T> DerefMut for Alias<T> {
+    fn deref_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.slice
+    }
+}
+
+/// An owned device buffer that hands out [`Alias`]es.
+struct DevBuf<T> {
+    owner: CudaSlice<T>,
+    ptr: u64,
+}
+
+impl<T: ingot_kernels::launch::DeviceRepr> DevBuf<T> {
+    /// Takes `slice` over, learning its device address.
+    fn from_slice(stream: &Arc<CudaStream>, slice: CudaSlice<T>) -> Result<DevBuf<T>> {
+        let len = slice.len();
+        let ptr = guarded("reading a device address", move || slice.leak())?;
+        // SAFETY: `ptr` is the allocation just leaked, `len` elements long; `owner` frees it.
+        let owner = guarded("creating a device buffer", || unsafe {
+            stream.upgrade_device_ptr::<T>(ptr, len)
+        })?;
+        Ok(DevBuf { owner, ptr })
+    }
+
+    fn alias(&self, stream: &Arc<CudaStream>, off: usize, len: usize) -> Result<Alias<T>> {
+        if off + len > self.owner.len() {
+            bail!(
+                "view {off}..{} outside a buffer of {}",
+                off + len,
+                self.owner.len()
+            );
+        }
+        // SAFETY: inside `owner`, which the engine keeps alive alongside the alias.
+        unsafe { Alias::new(stream, self.ptr + (off * size_of::<T>()) as u64, len) }
+    }
+}
+
+/// Per-block activations kept for the backward pass (`B` is a buffer, or its length when
+/// sizing the arena).
+struct BlockActs<B> {
+    x_in: B,
+    rstd1: B,
+    h1: B,
+    q: B,
+    k: B,
+    v: B,
+    lse: B,
+    att: B,
+    x_mid: B,
+    rstd2: B,
+    h2: B,
+    g: B,
+    u: B,
+    a: B,
+}
+
+/// Activations and backward scratch of one (batch, seq) shape.
+struct Acts<B> {
+    blocks: Vec<BlockActs<B>>,
+    x_out: B,
+    rstd_f: B,
+    hf: B,
+    logits: B,
+    losses: B,
+    loss_sum: B,
+    dx: B,
+    dx2: B,
+    dh: B,
+    dh_tmp: B,
+    dq: B,
+    dk: B,
+    dv: B,
+    datt: B,
+    da: B,
+    dg: B,
+    du: B,
+    delta: B,
+}
+
+/// Builds the activations of `batch × seq` tokens, taking each buffer from `take(len)`.
+fn build_acts<B>(
+    c: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    take: &mut impl FnMut(usize) -> Result<B>,
+) -> Result<Acts<B>> {
+    let n = batch * seq;
+    let (d, f, nh) = (c.dim, c.ffn_dim, c.n_heads);
+    let (qd, kvd) = (nh * c.head_dim(), c.n_kv_heads * c.head_dim());
+    let mut blocks = Vec::with_capacity(c.n_layers);
+    for _ in 0..c.n_layers {
+        blocks.push(BlockActs {
+            x_in: take(n * d)?,
+            rstd1: take(n)?,
+            h1: take(n * d)?,
+            q: take(n * qd)?,
+            k: take(n * kvd)?,
+            v: take(n * kvd)?,
+            lse: take(n * nh)?,
+            att: take(n * qd)?,
+            x_mid: take(n * d)?,
+            rstd2: take(n)?,
+            h2: take(n * d)?,
+            g: take(n * f)?,
+            u: take(n * f)?,
+            a: take(n * f)?,
+        });
+    }
+    Ok(Acts {
+        blocks,
+        x_out: take(n * d)?,
+        rstd_f: take(n)?,
+        hf: take(n * d)?,
+        logits: take(LM_HEAD_ROWS.min(n) * c.vocab_size)?,
+        losses: take(n)?,
+        loss_sum: take(1)?,
+        dx: take(n * d)?,
+        dx2: take(n * d)?,
+        dh: take(n * d)?,
+        dh_tmp: take(n * d)?,
+        dq: take(n * qd)?,
+        dk: take(n * kvd)?,
+        dv: take(n * kvd)?,
+        datt: take(n * qd)?,
+        da: take(n * f)?,
+        dg: take(n * f)?,
+        du: take(n * f)?,
+        delta: take(n * nh)?,
+    })
+}
+
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// f32 elements the arena needs for `batch × seq` tokens.
+fn arena_len(c: &ModelConfig, batch: usize, seq: usize) -> usize {
+    let mut total = 0;
+    let _ = build_acts(c, batch, seq, &mut |len| {
+        total += round_up(len.max(1), ARENA_ALIGN);
+        Ok(())
+    });
+    total
+}
+
+/// One slab of LM-head rows: its logits, per-row losses and targets.
+struct Slab {
+    r0: usize,
+    rows: usize,
+    logits: Alias<f32>,
+    losses: Alias<f32>,
+    targets: Alias<u32>,
+}
+
+/// The activations of the current shape, as aliases into the arenas.
+struct Shape {
+    batch: usize,
+    seq: usize,
+    acts: Acts<Alias<f32>>,
+    tokens: Alias<u32>,
+    targets: Alias<u32>,
+    slabs: Vec<Slab>,
+}
+
+/// Views of the norm weights and the embedding inside a flat (parameter or gradient) buffer.
+struct TensorViews {
+    embed: Alias<f32>,
+    attn_norm: Vec<Alias<f32>>,
+    mlp_norm: Vec<Alias<f32>>,
+    final_norm: Alias<f32>,
+}
+
+impl TensorViews {
+    fn new(
+        stream: &Arc<CudaStream>,
+        buf: &DevBuf<f32>,
+        c: &ModelConfig,
+        l: &Layout,
+    ) -> Result<Self> {
+        let d = c.dim;
+        Ok(TensorViews {
+            embed: buf.alias(stream, l.embed, c.vocab_size * d)?,
+            attn_norm: l
+                .blocks
+                .iter()
+                .map(|b| buf.alias(stream, b.attn_norm, d))
+                .collect::<Result<_>>()?,
+            mlp_norm: l
+                .blocks
+                .iter()
+                .map(|b| buf.alias(stream, b.mlp_norm, d))
+                .collect::<Result<_>>()?,
+            final_norm: buf.alias(stream, l.final_norm, d)?,
+        })
+    }
+}
+
+/// `y[n, out] = x[n, in] · wᵀ` with `w` the parameter at `off`.
+#[allow(clippy::too_many_arguments)]
+fn linear(
+    blas: &Blas,
+    y: &mut CudaSlice<f32>,
+    x: &CudaSlice<f32>,
+    params: &CudaSlice<f32>,
+    off: usize,
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<()> {
+    let w = params.slice(off..off + in_dim * out_dim);
+    blas.linear_forward(y, x, &w, n, in_dim, out_dim)?;
+    Ok(())
+}
+
+/// `dx = dy · w` (overwritten) and `dw += dyᵀ · x`, with `w`, `dw` at `off` (as the CPU's
+/// `linear_backward`).
+#[allow(clippy::too_many_arguments)]
+fn linear_back(
+    blas: &Blas,
+    dx: &mut CudaSlice<f32>,
+    grads: &mut CudaSlice<f32>,
+    params: &CudaSlice<f32>,
+    off: usize,
+    dy: &CudaSlice<f32>,
+    x: &CudaSlice<f32>,
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<()> {
+    let len = in_dim * out_dim;
+    let w = params.slice(off..off + len);
+    blas.linear_backward_dx(dx, dy, &w, n, in_dim, out_dim)?;
+    let mut dw = grads.slice_mut(off..off + len);
+    blas.linear_backward_dw(&mut dw, dy, x, n, in_dim, out_dim, true)?;
+    Ok(())
+}
+
+/// The f32 CUDA engine with its optimizer state, all on one device.
+pub struct CudaEngine {
+    config: ModelConfig,
+    layout: Layout,
+    gpu: Gpu,
+    blas: Blas,
+    // Aliases are declared (and dropped) before the buffers they point into.
+    shape: Option<Shape>,
+    pv: TensorViews,
+    gv: TensorViews,
+    arena: Option<DevBuf<f32>>,
+    arena_u32: Option<DevBuf<u32>>,
+    params: DevBuf<f32>,
+    grads: DevBuf<f32>,
+    exp_avg: CudaSlice<f32>,
+    exp_avg_sq: CudaSlice<f32>,
+    decay: CudaSlice<u8>,
+    norm_out: CudaSlice<f32>,
+    norm_partials: CudaSlice<f64>,
+    clip_scale: CudaSlice<f32>,
+    /// RoPE tables `(seq, cos, sin)` for the longest sequence seen.
+    rope: Option<(usize, CudaSlice<f32>, CudaSlice<f32>)>,
+    host_targets: Vec<u32>,
+    step: u64,
+}
+
+impl CudaEngine {
+    /// Opens GPU `ordinal` (probe, kernels, cuBLASLt) and uploads `params`. Every failure,
+    /// no GPU included, is a one-line error.
+    pub fn new(ordinal: usize, config: ModelConfig, params: Vec<f32>) -> Result<CudaEngine> {
+        if let Err(e) = config.validate() {
+            bail!("invalid model: {e}");
+        }
+        let layout = Layout::new(&config);
+        if params.len() != layout.len() {
+            bail!(
+                "{} parameters given, the model has {}",
+                params.len(),
+                layout.len()
+            );
+        }
+        let gpu = Gpu::new(ordinal).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
+        let blas = Blas::for_gpu(&gpu).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
+        let stream = gpu.stream.clone();
+        let n = layout.len();
+        let params = DevBuf::from_slice(&stream, gpu.upload(&params)?)?;
+        let grads = DevBuf::from_slice(&stream, gpu.zeros::<f32>(n)?)?;
+        let pv = TensorViews::new(&stream, &params, &config, &layout)?;
+        let gv = TensorViews::new(&stream, &grads, &config, &layout)?;
+        let decay: Vec<u8> = decay_mask(&layout).into_iter().map(u8::from).collect();
+        let decay = gpu.upload(&decay)?;
+        let exp_avg = gpu.zeros::<f32>(n)?;
+        let exp_avg_sq = gpu.zeros::<f32>(n)?;
+        let norm_out = gpu.zeros::<f32>(2)?;
+        let norm_partials = gpu.zeros::<f64>(Gpu::grad_norm_parts(n).max(1))?;
+        let clip_scale = gpu.zeros::<f32>(1)?;
+        gpu.synchronize()?;
+        Ok(CudaEngine {
+            config,
+            layout,
+            gpu,
+            blas,
+            shape: None,
+            pv,
+            gv,
+            arena: None,
+            arena_u32: None,
+            params,
+            grads,
+            exp_avg,
+            exp_avg_sq,
+            decay,
+            norm_out,
+            norm_partials,
+            clip_scale,
+            rope: None,
+            host_targets: Vec::new(),
+            step: 0,
+        })
+    }
+
+    /// The accumulated gradients, copied to the host (for tests).
+    pub fn grads(&self) -> Result<Vec<f32>> {
+        Ok(self.gpu.download(&self.grads.owner)?)
+    }
+
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        if batch.tokens.len() != batch.batch * batch.seq || batch.seq == 0 {
+            bail!(
+                "batch of {} tokens is not {} × {}",
+                batch.tokens.len(),
+                batch.batch,
+                batch.seq
+            );
+        }
+        let v = self.config.vocab_size as u32;
+        if let Some(&bad) = batch.tokens.iter().find(|&&t| t >= v) {
+            bail!("token id {bad} is outside the model's vocabulary of {v}");
+        }
+        Ok(())
+    }
+
+    /// Makes the activations of `batch × seq` current, growing the arenas (the only device
+    /// allocations after `new`) when this shape needs more than any before.
+    fn ensure_shape(&mut self, batch: usize, seq: usize) -> Result<()> {
+        if self
+            .shape
+            .as_ref()
+            .is_some_and(|s| s.batch == batch && s.seq == seq)
+        {
+            return Ok(());
+        }
+        self.shape = None;
+        let stream = self.gpu.stream.clone();
+        let c = &self.config;
+        let n = batch * seq;
+        let need = arena_len(c, batch, seq);
+        if self.arena.as_ref().is_none_or(|a| a.owner.len() < need) {
+            self.arena = None;
+            self.arena = Some(DevBuf::from_slice(&stream, self.gpu.zeros::<f32>(need)?)?);
+        }
+        if self
+            .arena_u32
+            .as_ref()
+            .is_none_or(|a| a.owner.len() < 2 * n)
+        {
+            self.arena_u32 = None;
+            self.arena_u32 = Some(DevBuf::from_slice(&stream, self.gpu.zeros::<u32>(2 * n)?)?);
+        }
+        if self.rope.as_ref().is_none_or(|r| r.0 < seq) {
+            let (cos, sin) = self.gpu.rope_tables(seq, c.head_dim(), c.rope_theta)?;
+            self.rope = Some((seq, cos, sin));
+        }
+        let (Some(arena), Some(arena_u32)) = (&self.arena, &self.arena_u32) else {
+            bail!("activation arenas missing");
+        };
+        let mut off = 0;
+        let acts = build_acts(c, batch, seq, &mut |len| {
+            let a = arena.alias(&stream, off, len)?;
+            off += round_up(len.max(1), ARENA_ALIGN);
+            Ok(a)
+        })?;
+        let tokens = arena_u32.alias(&stream, 0, n)?;
+        let targets = arena_u32.alias(&stream, n, n)?;
+        let v = c.vocab_size;
+        let mut slabs = Vec::new();
+        for r0 in (0..n).step_by(LM_HEAD_ROWS) {
+            let rows = LM_HEAD_ROWS.min(n - r0);
+            slabs.push(Slab {
+                r0,
+                rows,
+                logits: acts.logits.sub(&stream, 0, rows * v)?,
+                losses: acts.losses.sub(&stream, r0, rows)?,
+                targets: targets.sub(&stream, r0, rows)?,
+            });
+        }
+        self.shape = Some(Shape {
+            batch,
+            seq,
+            acts,
+            tokens,
+            targets,
+            slabs,
+        });
+        Ok(())
+    }
+
+    /// Forward pass up to the final norm (`hf`), as the CPU's `forward_trunk`.
+    fn forward_trunk(&mut self, tokens: &[u32], batch: usize, seq: usize) -> Result<()> {
+        self.ensure_shape(batch, seq)?;
+        let c = &self.config;
+        let (n, d, f, hd) = (batch * seq, c.dim, c.ffn_dim, c.head_dim());
+        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let eps = c.rms_norm_eps as f32;
+        let (gpu, blas, l) = (&self.gpu, &self.blas, &self.layout);
+        let p = &self.params.owner;
+        let pv = &self.pv;
+        let (Some(s), Some((_, cos, sin))) = (self.shape.as_mut(), self.rope.as_ref()) else {
+            bail!("activations missing");
+        };
+        gpu.upload_into(tokens, &mut s.tokens)?;
+        let acts = &mut s.acts;
+        gpu.embedding_forward(&mut *acts.blocks[0].x_in, &pv.embed, &s.tokens, d)?;
+        for i in 0..c.n_layers {
+            let w = l.blocks[i];
+            let (done, rest) = acts.blocks.split_at_mut(i + 1);
+            let b = &mut done[i];
+            gpu.rmsnorm_forward(
+                &mut *b.h1,
+                &mut b.rstd1,
+                &b.x_in,
+                &pv.attn_norm[i],
+                n,
+                d,
+                eps,
+            )?;
+            linear(blas, &mut b.q, &b.h1, p, w.wq, n, d, qd)?;
+            linear(blas, &mut b.k, &b.h1, p, w.wk, n, d, kvd)?;
+            linear(blas, &mut b.v, &b.h1, p, w.wv, n, d, kvd)?;
+            gpu.rope(&mut *b.q, cos, sin, batch, seq, nh, hd, false)?;
+            gpu.rope(&mut *b.k, cos, sin, batch, seq, nkv, hd, false)?;
+            gpu.attention_forward(
+                &mut *b.att,
+                &mut b.lse,
+                &b.q,
+                &b.k,
+                &b.v,
+                batch,
+                seq,
+                nh,
+                nkv,
+                hd,
+            )?;
+            linear(blas, &mut b.x_mid, &b.att, p, w.wo, n, qd, d)?;
+            gpu.add_inplace(&mut *b.x_mid, &b.x_in)?;
+            gpu.rmsnorm_forward(
+                &mut *b.h2,
+                &mut b.rstd2,
+                &b.x_mid,
+                &pv.mlp_norm[i],
+                n,
+                d,
+                eps,
+            )?;
+            linear(blas, &mut b.g, &b.h2, p, w.w_gate, n, d, f)?;
+            linear(blas, &mut b.u, &b.h2, p, w.w_up, n, d, f)?;
+            gpu.swiglu_forward(&mut *b.a, &b.g, &b.u)?;
+            let out: &mut CudaSlice<f32> = match rest.first_mut() {
+                Some(next) => &mut next.x_in,
+                None => &mut acts.x_out,
+            };
+            linear(blas, out, &b.a, p, w.w_down, n, f, d)?;
+            gpu.add_inplace(out, &b.x_mid)?;
+        }
+        gpu.rmsnorm_forward(
+            &mut *acts.hf,
+            &mut acts.rstd_f,
+            &acts.x_out,
+            &pv.final_norm,
+            n,
+            d,
+            eps,
+        )?;
+        Ok(())
+    }
+
+    /// Mean loss and, when `grad_scale` is given, gradients added into `grads`, as the CPU's
+    /// `Model::forward_backward`.
+    fn forward_backward_impl(&mut self, batch: &Batch, grad_scale: Option<f32>) -> Result<f32> {
+        let (bsz, seq) = (batch.batch, batch.seq);
+        if bsz == 0 {
+            // No rows: no loss terms and no gradient (the CPU engine returns 0 / 1 too).
+            return Ok(0.0);
+        }
+        self.forward_trunk(batch.tokens, bsz, seq)?;
+        // Next-token targets: position t of a row predicts token t+1; the last predicts nothing.
+        let mut targets = std::mem::take(&mut self.host_targets);
+        targets.clear();
+        targets.resize(bsz * seq, u32::MAX);
+        for b in 0..bsz {
+            for t in 0..seq - 1 {
+                targets[b * seq + t] = batch.tokens[b * seq + t + 1];
+            }
+        }
+        let (d, v) = (self.config.dim, self.config.vocab_size);
+        let count = batch.predictions().max(1) as f32;
+        let scale = grad_scale.unwrap_or(0.0) / count;
+        let lm = self.layout.lm_head;
+        let (gpu, blas) = (&self.gpu, &self.blas);
+        let p = &self.params.owner;
+        let grads = &mut self.grads.owner;
+        let Some(s) = self.shape.as_mut() else {
+            bail!("activations missing");
+        };
+        let uploaded = gpu.upload_into(&targets, &mut s.targets);
+        self.host_targets = targets;
+        uploaded?;
+        let acts = &mut s.acts;
+        let w_lm = p.slice(lm..lm + v * d);
+        for slab in s.slabs.iter_mut() {
+            let (r0, rows) = (slab.r0, slab.rows);
+            let hf = acts.hf.slice(r0 * d..(r0 + rows) * d);
+            blas.linear_forward(&mut *slab.logits, &hf, &w_lm, rows, d, v)?;
+            gpu.cross_entropy(
+                &mut *slab.logits,
+                &mut slab.losses,
+                &slab.targets,
+                rows,
+                v,
+                scale,
+                grad_scale.is_some(),
+            )?;
+            if grad_scale.is_some() {
+                let mut dh = acts.dh.slice_mut(r0 * d..(r0 + rows) * d);
+                blas.linear_backward_dx(&mut dh, &*slab.logits, &w_lm, rows, d, v)?;
+                let mut dw = grads.slice_mut(lm..lm + v * d);
+                blas.linear_backward_dw(&mut dw, &*slab.logits, &hf, rows, d, v, true)?;
+            }
+        }
+        gpu.cross_entropy_sum(&mut acts.loss_sum, &acts.losses)?;
+        if grad_scale.is_some() {
+            self.backward_trunk(bsz, seq)?;
+        }
+        let Some(s) = self.shape.as_ref() else {
+            bail!("activations missing");
+        };
+        let sum = self.gpu.download(&s.acts.loss_sum)?;
+        Ok(sum[0] / count)
+    }
+
+    /// Backward from `dh` (gradient w.r.t. the final norm's output) to every parameter, as
+    /// the CPU's `backward_trunk`.
+    fn backward_trunk(&mut self, batch: usize, seq: usize) -> Result<()> {
+        let c = &self.config;
+        let (n, d, f, hd) = (batch * seq, c.dim, c.ffn_dim, c.head_dim());
+        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let (gpu, blas, l) = (&self.gpu, &self.blas, &self.layout);
+        let p = &self.params.owner;
+        let g = &mut self.grads.owner;
+        let (pv, gv) = (&self.pv, &mut self.gv);
+        let (Some(s), Some((_, cos, sin))) = (self.shape.as_mut(), self.rope.as_ref()) else {
+            bail!("activations missing");
+        };
+        let a = &mut s.acts;
+
+        gpu.rmsnorm_backward(
+            &mut *a.dx,
+            &mut gv.final_norm,
+            &a.dh,
+            &a.x_out,
+            &pv.final_norm,
+            &a.rstd_f,
+            n,
+            d,
+        )?;
+        for i in (0..c.n_layers).rev() {
+            let o = l.blocks[i];
+            let b = &a.blocks[i];
+            // a.dx: gradient w.r.t. this block's output = x_mid + mlp(x_mid).
+            linear_back(blas, &mut a.da, g, p, o.w_down, &a.dx, &b.a, n, f, d)?;
+            gpu.swiglu_backward(&mut *a.dg, &mut *a.du, &a.da, &b.g, &b.u)?;
+            linear_back(blas, &mut a.dh, g, p, o.w_gate, &a.dg, &b.h2, n, d, f)?;
+            linear_back(blas, &mut a.dh_tmp, g, p, o.w_up, &a.du, &b.h2, n, d, f)?;
+            gpu.add_inplace(&mut *a.dh, &a.dh_tmp)?;
+            gpu.rmsnorm_backward(
+                &mut *a.dx2,
+                &mut gv.mlp_norm[i],
+                &a.dh,
+                &b.x_mid,
+                &pv.mlp_norm[i],
+                &b.rstd2,
+                n,
+                d,
+            )?;
+            gpu.add_inplace(&mut *a.dx2, &a.dx)?; // a.dx2: gradient w.r.t. x_mid
+            linear_back(blas, &mut a.datt, g, p, o.wo, &a.dx2, &b.att, n, qd, d)?;
+            gpu.attention_backward(
+                &mut *a.dq,
+                &mut *a.dk,
+                &mut *a.dv,
+                &mut a.delta,
+                &a.datt,
+                &b.att,
+                &b.lse,
+                &b.q,
+                &b.k,
+                &b.v,
+                batch,
+                seq,
+                nh,
+                nkv,
+                hd,
+            )?;
+            gpu.rope(&mut *a.dq, cos, sin, batch, seq, nh, hd, true)?;
+            gpu.rope(&mut *a.dk, cos, sin, batch, seq, nkv, hd, true)?;
+            linear_back(blas, &mut a.dh, g, p, o.wq, &a.dq, &b.h1, n, d, qd)?;
+            linear_back(blas, &mut a.dh_tmp, g, p, o.wk, &a.dk, &b.h1, n, d, kvd)?;
+            gpu.add_inplace(&mut *a.dh, &a.dh_tmp)?;
+            linear_back(blas, &mut a.dh_tmp, g, p, o.wv, &a.dv, &b.h1, n, d, kvd)?;
+            gpu.add_inplace(&mut *a.dh, &a.dh_tmp)?;
+            gpu.rmsnorm_backward(
+                &mut *a.dx,
+                &mut gv.attn_norm[i],
+                &a.dh,
+                &b.x_in,
+                &pv.attn_norm[i],
+                &b.rstd1,
+                n,
+                d,
+            )?;
+            gpu.add_inplace(&mut *a.dx, &a.dx2)?; // a.dx: gradient w.r.t. x_in
+        }
+        gpu.embedding_backward(&mut gv.embed, &a.dx, &s.tokens, d)?;
+        Ok(())
+    }
+
+    fn zero_grads(&mut self) -> Result<()> {
+        let stream = self.gpu.stream.clone();
+        let grads = &mut self.grads.owner;
+        guarded("zeroing the gradients", || stream.memset_zeros(grads))?
+            .map_err(|e| anyhow!("zeroing the gradients: {e:?}"))
+    }
+}
+
+impl Engine for CudaEngine {
+    fn name(&self) -> String {
+        format!("cuda:{} ({})", self.gpu.info.ordinal, self.gpu.info.name)
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn forward_backward(&mut self, batch: &Batch, grad_scale: f32) -> Result<f32> {
+        self.check_batch(batch)?;
+        self.forward_backward_impl(batch, Some(grad_scale))
+    }
+
+    fn loss(&mut self, batch: &Batch) -> Result<f32> {
+        self.check_batch(batch)?;
+        self.forward_backward_impl(batch, None)
+    }
+
+    fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_batch(&Batch {
+            tokens,
+            batch: 1,
+            seq: tokens.len(),
+        })?;
+        let seq = tokens.len();
+        self.forward_trunk(tokens, 1, seq)?;
+        let (d, v) = (self.config.dim, self.config.vocab_size);
+        let lm = self.layout.lm_head;
+        let Some(s) = self.shape.as_ref() else {
+            bail!("activations missing");
+        };
+        // Evaluation only: a buffer of its own for the whole [seq, vocab].
+        let mut out = self.gpu.zeros::<f32>(seq * v)?;
+        linear(
+            &self.blas,
+            &mut out,
+            &s.acts.hf,
+            &self.params.owner,
+            lm,
+            seq,
+            d,
+            v,
+        )?;
+        Ok(self.gpu.download(&out)?)
+    }
+
+    fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
+        // The norm only (clip 0): the clip scale is computed below exactly as the CPU's.
+        self.gpu.grad_norm(
+            &mut self.norm_out,
+            &mut self.norm_partials,
+            &self.grads.owner,
+            0.0,
+        )?;
+        let norm = self.gpu.download(&self.norm_out)?[0];
+        if !norm.is_finite() {
+            self.zero_grads()?;
+            bail!("the gradient norm is {norm}; the step was not applied (try a lower --lr or a --grad-clip)");
+        }
+        // As torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1.
+        let scale = match grad_clip {
+            Some(clip) => (clip / (norm + 1e-6)).min(1.0),
+            None => 1.0,
+        };
+        self.gpu.upload_into(&[scale], &mut self.clip_scale)?;
+        self.step += 1;
+        let hyper = AdamWHyper {
+            beta1: opt.beta1,
+            beta2: opt.beta2,
+            eps: opt.eps,
+            weight_decay: opt.weight_decay,
+        };
+        let scale_view = self.clip_scale.slice(0..1);
+        self.gpu.adamw_step::<f32>(
+            &mut self.params.owner,
+            None,
+            &self.grads.owner,
+            &mut self.exp_avg,
+            &mut self.exp_avg_sq,
+            &self.decay,
+            Some(&scale_view),
+            &hyper,
+            lr,
+            self.step,
+        )?;
+        self.zero_grads()?;
+        Ok(norm)
+    }
+
+    /// Panics only if the device fails (the trait gives no way to report it).
+    fn params(&self) -> Vec<f32> {
+        self.gpu
+            .download(&self.params.owner)
+            .unwrap_or_else(|e| panic!("copying the parameters from the GPU failed: {e}"))
+    }
+
+    fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        if params.len() != self.layout.len() {
+            bail!(
+                "{} parameters given, the model has {}",
+                params.len(),
+                self.layout.len()
+            );
+        }
+        self.gpu.upload_into(params, &mut self.params.owner)?;
+        Ok(())
+    }
+
+    /// Panics only if the device fails (the trait gives no way to report it).
+    fn optimizer_state(&self) -> OptimizerState {
+        let get = |s: &CudaSlice<f32>| {
+            self.gpu
+                .download(s)
+                .unwrap_or_else(|e| panic!("copying the optimizer state from the GPU failed: {e}"))
+        };
+        OptimizerState {
+            step: self.step,
+            exp_avg: get(&self.exp_avg),
+            exp_avg_sq: get(&self.exp_avg_sq),
+        }
+    }
+
+    fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()> {
+        let n = self.layout.len();
+        if state.exp_avg.len() != n || state.exp_avg_sq.len() != n {
+            bail!(
+                "optimizer state holds {} values, the model has {n} parameters",
+                state.exp_avg.len()
+            );
+        }
+        self.gpu.upload_into(&state.exp_avg, &mut self.exp_avg)?;
+        self.gpu
+            .upload_into(&state.exp_avg_sq, &mut self.exp_avg_sq)?;
+        self.step = state.step;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_covers_every_buffer_aligned() {
+        let c = ModelConfig::preset("tiny", 259).unwrap();
+        for (b, t) in [(1, 1), (3, 40), (8, 100)] {
+            let mut lens = Vec::new();
+            build_acts(&c, b, t, &mut |len| {
+                lens.push(len);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(lens.len(), 14 * c.n_layers + 18);
+            let raw: usize = lens.iter().sum();
+            let total = arena_len(&c, b, t);
+            assert!(total >= raw && total.is_multiple_of(ARENA_ALIGN));
+            assert!(total <= raw + lens.len() * ARENA_ALIGN);
+        }
+        // A smaller shape fits in a larger one's arena.
+        assert!(arena_len(&c, 2, 30) <= arena_len(&c, 3, 40));
+    }
+
+    #[test]
+    fn new_without_a_gpu_is_one_line() {
+        let c = ModelConfig::preset("tiny", 259).unwrap();
+        let params = crate::model::init::init_params(&c, &Layout::new(&c), 0);
+        match CudaEngine::new(0, c, params) {
+            Ok(e) => println!("GPU present: {}", e.name()),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                assert!(!msg.contains('\n'), "{msg}");
+                println!("CudaEngine::new (no GPU expected here): {msg}");
+            }
+        }
+    }
+}
