@@ -1,7 +1,8 @@
 // Global gradient norm and clipping (optim.rs global_norm and CpuEngine::step):
 //
 //   norm  = sqrt(sum_i g_i^2)            (f64 accumulation)
-//   scale = clip / norm   if clip > 0 and norm > clip and norm is finite, else 1
+//   scale = min(clip / (norm + 1e-6), 1)   if clip > 0 and norm is finite, else 1
+//   (torch.nn.utils.clip_grad_norm_'s rule, which CpuEngine::step follows)
 //
 // Two deterministic passes: grad_norm_partials writes one f64 partial sum of squares per
 // block over a fixed chunk of `chunk` elements (block k: [k*chunk, (k+1)*chunk)), so launch
@@ -31,7 +32,7 @@ extern "C" __global__ void grad_norm_finish(float* out, const double* partial, u
         const float norm = (float)sqrt(acc);
         const bool finite = (__float_as_uint(norm) & 0x7f800000u) != 0x7f800000u;
         out[0] = norm;
-        out[1] = (clip > 0.0f && norm > clip && finite) ? clip / norm : 1.0f;
+        out[1] = (clip > 0.0f && finite) ? fminf(__fdiv_rn(clip, __fadd_rn(norm, 1e-6f)), 1.0f) : 1.0f;
     }
 }
 
