@@ -363,17 +363,7 @@ impl CudaEngine {
     /// Opens GPU `ordinal` (probe, kernels, cuBLASLt) and uploads `params`. Every failure,
     /// no GPU included, is a one-line error.
     pub fn new(ordinal: usize, config: ModelConfig, params: Vec<f32>) -> Result<CudaEngine> {
-        if let Err(e) = config.validate() {
-            bail!("invalid model: {e}");
-        }
-        let layout = Layout::new(&config);
-        if params.len() != layout.len() {
-            bail!(
-                "{} parameters given, the model has {}",
-                params.len(),
-                layout.len()
-            );
-        }
+        let layout = super::checked_layout(&config, params.len())?;
         let gpu = Gpu::new(ordinal).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let blas = Blas::for_gpu(&gpu).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let stream = gpu.stream.clone();
@@ -417,22 +407,6 @@ impl CudaEngine {
     /// The accumulated gradients, copied to the host (for tests).
     pub fn grads(&self) -> Result<Vec<f32>> {
         Ok(self.gpu.download(&self.grads.owner)?)
-    }
-
-    fn check_batch(&self, batch: &Batch) -> Result<()> {
-        if batch.tokens.len() != batch.batch * batch.seq || batch.seq == 0 {
-            bail!(
-                "batch of {} tokens is not {} × {}",
-                batch.tokens.len(),
-                batch.batch,
-                batch.seq
-            );
-        }
-        let v = self.config.vocab_size as u32;
-        if let Some(&bad) = batch.tokens.iter().find(|&&t| t >= v) {
-            bail!("token id {bad} is outside the model's vocabulary of {v}");
-        }
-        Ok(())
     }
 
     /// Makes the activations of `batch × seq` current, growing the arenas (the only device
@@ -749,21 +723,22 @@ impl Engine for CudaEngine {
     }
 
     fn forward_backward(&mut self, batch: &Batch, grad_scale: f32) -> Result<f32> {
-        self.check_batch(batch)?;
+        batch.check(self.config.vocab_size)?;
         self.forward_backward_impl(batch, Some(grad_scale))
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<f32> {
-        self.check_batch(batch)?;
+        batch.check(self.config.vocab_size)?;
         self.forward_backward_impl(batch, None)
     }
 
     fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.check_batch(&Batch {
+        Batch {
             tokens,
             batch: 1,
             seq: tokens.len(),
-        })?;
+        }
+        .check(self.config.vocab_size)?;
         let seq = tokens.len();
         self.forward_trunk(tokens, 1, seq)?;
         let (d, v) = (self.config.dim, self.config.vocab_size);

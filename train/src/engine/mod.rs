@@ -27,6 +27,38 @@ impl Batch<'_> {
     pub fn predictions(&self) -> usize {
         self.batch * self.seq.saturating_sub(1)
     }
+
+    /// Checks the shape and that every id is inside a vocabulary of `vocab_size`.
+    pub fn check(&self, vocab_size: usize) -> Result<()> {
+        if self.tokens.len() != self.batch * self.seq || self.seq == 0 {
+            anyhow::bail!(
+                "batch of {} tokens is not {} × {}",
+                self.tokens.len(),
+                self.batch,
+                self.seq
+            );
+        }
+        if let Some(&bad) = self.tokens.iter().find(|&&t| t as usize >= vocab_size) {
+            anyhow::bail!("token id {bad} is outside the model's vocabulary of {vocab_size}");
+        }
+        Ok(())
+    }
+}
+
+/// The layout of a model whose parameters are `params_len` values, after checking both; what
+/// every engine's constructor starts with.
+pub fn checked_layout(config: &ModelConfig, params_len: usize) -> Result<crate::model::Layout> {
+    if let Err(e) = config.validate() {
+        anyhow::bail!("invalid model: {e}");
+    }
+    let layout = crate::model::Layout::new(config);
+    if params_len != layout.len() {
+        anyhow::bail!(
+            "{params_len} parameters given, the model has {}",
+            layout.len()
+        );
+    }
+    Ok(layout)
 }
 
 /// AdamW state that a checkpoint must carry to resume exactly.

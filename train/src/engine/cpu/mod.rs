@@ -467,17 +467,7 @@ pub struct CpuEngine {
 
 impl CpuEngine {
     pub fn new(config: ModelConfig, params: Vec<f32>) -> Result<CpuEngine> {
-        if let Err(e) = config.validate() {
-            bail!("invalid model: {e}");
-        }
-        let layout = Layout::new(&config);
-        if params.len() != layout.len() {
-            bail!(
-                "{} parameters given, the model has {}",
-                params.len(),
-                layout.len()
-            );
-        }
+        let layout = super::checked_layout(&config, params.len())?;
         let n = layout.len();
         let decay = decay_mask(&layout);
         Ok(CpuEngine {
@@ -493,22 +483,6 @@ impl CpuEngine {
     pub fn grads(&self) -> &[f32] {
         &self.model.grads
     }
-
-    fn check_batch(&self, batch: &Batch) -> Result<()> {
-        if batch.tokens.len() != batch.batch * batch.seq || batch.seq == 0 {
-            bail!(
-                "batch of {} tokens is not {} × {}",
-                batch.tokens.len(),
-                batch.batch,
-                batch.seq
-            );
-        }
-        let v = self.model.config.vocab_size as u32;
-        if let Some(&bad) = batch.tokens.iter().find(|&&t| t >= v) {
-            bail!("token id {bad} is outside the model's vocabulary of {v}");
-        }
-        Ok(())
-    }
 }
 
 impl Engine for CpuEngine {
@@ -521,21 +495,22 @@ impl Engine for CpuEngine {
     }
 
     fn forward_backward(&mut self, batch: &Batch, grad_scale: f32) -> Result<f32> {
-        self.check_batch(batch)?;
+        batch.check(self.model.config.vocab_size)?;
         Ok(self.model.forward_backward(batch, Some(grad_scale)))
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<f32> {
-        self.check_batch(batch)?;
+        batch.check(self.model.config.vocab_size)?;
         Ok(self.model.forward_backward(batch, None))
     }
 
     fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.check_batch(&Batch {
+        Batch {
             tokens,
             batch: 1,
             seq: tokens.len(),
-        })?;
+        }
+        .check(self.model.config.vocab_size)?;
         Ok(self.model.logits(tokens))
     }
 
