@@ -17,7 +17,6 @@
 //! at the top of each `kernels/cuda/*.cu` file for the math.
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -61,30 +60,18 @@ pub enum Error {
     Invalid(String),
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panicked".into())
-        .replace('\n', " ")
-}
-
 /// Runs `f` (cudarc calls), turning a `DriverError` or a panic into [`Error::Driver`].
 fn guarded<T>(
     call: &'static str,
     f: impl FnOnce() -> Result<T, cudarc::driver::DriverError>,
 ) -> Result<T, Error> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match crate::guard::catch(f) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::Driver {
             call,
             message: format!("{e:?}").replace('\n', " "),
         }),
-        Err(payload) => Err(Error::Driver {
-            call,
-            message: panic_message(payload),
-        }),
+        Err(message) => Err(Error::Driver { call, message }),
     }
 }
 

@@ -14,6 +14,7 @@
 //! `train/src/engine/cpu/ops/` and `train/src/engine/optim.rs`, for f32 and bf16 storage
 //! with f32 accumulation; see the comment at the top of each `.cu` file.
 
+pub mod guard;
 pub mod launch;
 pub mod matmul;
 pub mod nvrtc;

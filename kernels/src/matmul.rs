@@ -83,42 +83,27 @@ pub enum Error {
     Invalid(String),
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "panicked".into())
-        .replace('\n', " ")
-}
-
 /// Runs cuBLASLt calls, turning a status or a panic into [`Error::Cublas`].
 fn cublas<T>(call: &'static str, f: impl FnOnce() -> Result<T, CublasError>) -> Result<T, Error> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match crate::guard::catch(f) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::Cublas {
             call,
             message: format!("{:?}", e.0),
         }),
-        Err(payload) => Err(Error::Cublas {
-            call,
-            message: panic_message(payload),
-        }),
+        Err(message) => Err(Error::Cublas { call, message }),
     }
 }
 
 /// Runs driver calls, turning an error or a panic into [`Error::Driver`].
 fn driver<T>(call: &'static str, f: impl FnOnce() -> Result<T, DriverError>) -> Result<T, Error> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match crate::guard::catch(f) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Error::Driver {
             call,
             message: format!("{e:?}").replace('\n', " "),
         }),
-        Err(payload) => Err(Error::Driver {
-            call,
-            message: panic_message(payload),
-        }),
+        Err(message) => Err(Error::Driver { call, message }),
     }
 }
 

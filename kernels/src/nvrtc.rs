@@ -36,7 +36,6 @@
 //! failures never fail a compile; they only cost a recompile.
 
 use std::ffi::{c_char, c_int, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -84,17 +83,7 @@ pub fn options(arch: &str) -> Vec<String> {
 
 /// Runs `f`, turning a panic (cudarc panics on a missing library or symbol) into an error.
 fn guarded<T>(call: &'static str, f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into());
-            Err(Error::Api { call, message })
-        }
-    }
+    crate::guard::catch(f).unwrap_or_else(|message| Err(Error::Api { call, message }))
 }
 
 /// Checks (once) that NVRTC can be loaded, without panicking.

@@ -5,8 +5,6 @@
 //! panics if none loads; [`cuda_device`] checks first with cudarc's non-panicking probe and
 //! wraps every later call in `catch_unwind`.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use cudarc::driver::{result, sys};
 
 /// What [`cuda_device`] found.
@@ -107,15 +105,10 @@ pub fn cuda_device(ordinal: usize) -> Result<DeviceInfo, ProbeError> {
             device_count: count,
         })
     };
-    catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panicked".into());
+    crate::guard::catch(run).unwrap_or_else(|message| {
         Err(ProbeError::Driver {
             call: "cudarc",
-            message: message.replace('\n', " "),
+            message,
         })
     })
 }

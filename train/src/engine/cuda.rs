@@ -36,14 +36,7 @@ const ARENA_ALIGN: usize = 64;
 
 /// Runs `f`, turning a panic (cudarc unwraps some driver results) into an error.
 fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let msg = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "panicked".into());
-        anyhow!("{what}: {}", msg.replace('\n', " "))
-    })
+    ingot_kernels::guard::catch(f).map_err(|msg| anyhow!("{what}: {msg}"))
 }
 
 /// A non-owning `CudaSlice` over part of a buffer owned elsewhere; leaked, not freed, on drop.
