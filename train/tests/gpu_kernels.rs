@@ -59,20 +59,16 @@ fn gpu() -> Option<&'static Gpu> {
 
 // ---- random inputs --------------------------------------------------------------------------
 
-/// SplitMix64.
-struct Rng(u64);
+/// The model's SplitMix64 with test helpers.
+struct Rng(ingot_train::model::init::Rng);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(ingot_train::model::init::Rng(seed))
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [-scale, scale).

@@ -63,16 +63,12 @@ fn blas() -> Option<&'static Blas> {
 
 // ---- random inputs --------------------------------------------------------------------------
 
-/// SplitMix64.
-struct Rng(u64);
+/// The model's SplitMix64 with test helpers.
+struct Rng(ingot_train::model::init::Rng);
 
 impl Rng {
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [-scale, scale).
@@ -167,7 +163,7 @@ fn cpu(x: &[f32], w: &[f32], dy: &[f32], (n, i, o): (usize, usize, usize)) -> Cp
 fn linear<T: Storage, O: Storage>(shape: (usize, usize, usize), seed: u64, tol: f64) {
     let Some(b) = blas() else { return };
     let (n, i, o) = shape;
-    let mut rng = Rng(seed);
+    let mut rng = Rng(ingot_train::model::init::Rng(seed));
     let x = rng.vec(n * i, 1.0);
     let w = rng.vec(o * i, 0.5);
     let dy = rng.vec(n * o, 1.0);
@@ -230,7 +226,7 @@ fn linear<T: Storage, O: Storage>(shape: (usize, usize, usize), seed: u64, tol: 
 fn determinism<T: Storage>(shape: (usize, usize, usize), seed: u64) {
     let Some(b) = blas() else { return };
     let (n, i, o) = shape;
-    let mut rng = Rng(seed);
+    let mut rng = Rng(ingot_train::model::init::Rng(seed));
     let (xd, wd, dyd) = (
         up(b, &store::<T>(&rng.vec(n * i, 1.0))),
         up(b, &store::<T>(&rng.vec(o * i, 0.5))),

@@ -168,20 +168,16 @@ pub(crate) unsafe fn gemm_raw<T: Float>(
 pub(crate) mod test_util {
     use super::Float;
 
-    /// SplitMix64: a tiny deterministic RNG so tests need no external crate.
-    pub struct Rng(u64);
+    /// The model's SplitMix64 with the helpers these tests use.
+    pub struct Rng(crate::model::init::Rng);
 
     impl Rng {
         pub fn new(seed: u64) -> Self {
-            Rng(seed)
+            Rng(crate::model::init::Rng(seed))
         }
 
         pub fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            self.0.next_u64()
         }
 
         /// Uniform in [-1, 1).
