@@ -283,6 +283,12 @@ fn bad_inputs_are_refused_before_any_work() {
     assert!(error_of(&shards, &out, &["--grad-accum", "100000"]).contains("--grad-accum 100000"));
     assert!(error_of(&shards, &out, &["--model", "huge"]).contains("tiny"));
     assert!(error_of(&shards, &out, &["--device", "cuda"]).contains("--device cuda"));
+    let msg = error_of(&shards, &out, &["--device", "cpu", "--dtype", "bf16"]);
+    assert!(
+        msg.contains("--dtype bf16") && msg.contains("f32 only"),
+        "{msg}"
+    );
+    assert!(error_of(&shards, &out, &["--dtype", "f16"]).contains("expected bf16 or f32"));
     assert!(error_of(&shards, &out, &["--n-heads", "3"]).contains("--n-heads"));
 
     // A damaged shard: a flipped payload byte is caught by --verify-data, a flipped header

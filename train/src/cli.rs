@@ -134,6 +134,11 @@ pub struct TrainArgs {
     /// auto, cpu, or cuda[:N].
     #[arg(long)]
     pub device: Option<String>,
+    /// Storage type of weights and activations on the GPU: bf16 (mixed precision, the
+    /// default with --device cuda) or f32 (the same kernels in f32, for debugging; the only
+    /// choice of the CPU engine).
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -1,13 +1,16 @@
-//! `--device auto|cpu|cuda[:N]` → an engine.
+//! `--device auto|cpu|cuda[:N]` and `--dtype bf16|f32` → an engine.
 //!
-//! `cuda[:N]` builds the CUDA engine (f32 storage; kernels from `kernels/`, GEMMs through
-//! cuBLASLt). It has not yet been run on a GPU, so it is used only when asked for by name and
-//! says so; `auto` keeps to the CPU engine until the GPU tests have passed on a real GPU.
+//! `cuda[:N]` builds the CUDA engine (kernels from `kernels/`, GEMMs through cuBLASLt) with
+//! bf16 or f32 storage. It has not yet been run on a GPU, so it is used only when asked for
+//! by name and says so; `auto` keeps to the CPU engine until the GPU tests have passed on a
+//! real GPU. The CPU engine computes in f32 only.
 
 use anyhow::{bail, Result};
+use ingot_kernels::launch::Bf16;
 use ingot_kernels::probe;
 
 use crate::engine::cpu::CpuEngine;
+use crate::engine::cuda::CudaEngine;
 use crate::engine::Engine;
 use crate::model::ModelConfig;
 
@@ -23,27 +26,55 @@ fn cuda_ordinal(device: &str) -> Option<Result<usize>> {
     )
 }
 
-/// Builds the engine for `device`. Returns it with a notice to print, if any.
+/// Whether `device` names a GPU (`cuda` or `cuda:…`).
+pub fn is_cuda(device: &str) -> bool {
+    device == "cuda" || device.starts_with("cuda:")
+}
+
+/// The `--dtype` used when none is given: bf16 on a GPU, f32 on the CPU (and for `auto`,
+/// which trains on the CPU today).
+pub fn default_dtype(device: &str) -> &'static str {
+    if is_cuda(device) {
+        "bf16"
+    } else {
+        "f32"
+    }
+}
+
+/// Builds the engine for `device` and `dtype`. Returns it with a notice to print, if any.
 pub fn create(
     device: &str,
+    dtype: &str,
     config: ModelConfig,
     params: Vec<f32>,
 ) -> Result<(Box<dyn Engine>, Option<String>)> {
+    if !matches!(dtype, "bf16" | "f32") {
+        bail!("--dtype {dtype:?}: expected bf16 or f32");
+    }
     if let Some(ordinal) = cuda_ordinal(device) {
         let ordinal = ordinal?;
         let gpu = match probe::cuda_device(ordinal) {
             Err(e) => bail!("--device {device}: {e}"),
             Ok(gpu) => gpu,
         };
-        let engine = crate::engine::cuda::CudaEngine::new(ordinal, config, params)?;
+        let engine: Box<dyn Engine> = if dtype == "bf16" {
+            Box::new(CudaEngine::<Bf16>::new(ordinal, config, params)?)
+        } else {
+            Box::new(CudaEngine::<f32>::new(ordinal, config, params)?)
+        };
         let notice = format!(
-            "notice: training on {} (sm_{}{}) with the CUDA engine in f32; it has not yet been verified against the CPU engine on a GPU (run scripts/gpu-check.sh)",
+            "notice: training on {} (sm_{}{}) with the CUDA engine in {dtype}; it has not yet been verified against the CPU engine on a GPU (run scripts/gpu-check.sh)",
             gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
         );
-        return Ok((Box::new(engine), Some(notice)));
+        return Ok((engine, Some(notice)));
     }
     match device {
-        "cpu" => Ok((Box::new(CpuEngine::new(config, params)?), None)),
+        "cpu" => {
+            if dtype != "f32" {
+                bail!("--dtype {dtype}: the CPU engine computes in f32 only; use --dtype f32 or --device cuda");
+            }
+            Ok((Box::new(CpuEngine::new(config, params)?), None))
+        }
         "auto" => {
             let why = match probe::cuda_device(0) {
                 Ok(gpu) => format!(
@@ -52,11 +83,41 @@ pub fn create(
                 ),
                 Err(e) => e.to_string(),
             };
+            let ignored = if dtype == "f32" {
+                ""
+            } else {
+                "; in f32, as --dtype bf16 needs --device cuda"
+            };
             Ok((
                 Box::new(CpuEngine::new(config, params)?),
-                Some(format!("notice: training on the CPU ({why})")),
+                Some(format!("notice: training on the CPU ({why}){ignored}")),
             ))
         }
         other => bail!("--device {other:?}: expected auto, cpu, or cuda[:N]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{init::init_params, Layout};
+
+    #[test]
+    fn dtype_defaults_to_bf16_on_gpus_only() {
+        assert_eq!(default_dtype("cuda"), "bf16");
+        assert_eq!(default_dtype("cuda:1"), "bf16");
+        assert_eq!(default_dtype("cpu"), "f32");
+        assert_eq!(default_dtype("auto"), "f32");
+        assert!(!is_cuda("cudax") && is_cuda("cuda:0"));
+    }
+
+    #[test]
+    fn auto_with_bf16_trains_on_the_cpu_in_f32_and_says_so() {
+        let c = ModelConfig::preset("tiny", 259).unwrap();
+        let p = init_params(&c, &Layout::new(&c), 0);
+        let (engine, notice) = create("auto", "bf16", c, p).unwrap();
+        assert!(engine.name().starts_with("cpu"), "{}", engine.name());
+        let notice = notice.unwrap();
+        assert!(notice.contains("in f32"), "{notice}");
     }
 }

@@ -44,7 +44,14 @@ pub struct RunConfig {
     pub log_every: u64,
     pub seed: u64,
     pub device: String,
+    /// `bf16` or `f32`; configs written before `--dtype` existed were f32.
+    #[serde(default = "f32_name")]
+    pub dtype: String,
     pub init_from: Option<PathBuf>,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// What a finished (or stopped) run reports.
@@ -125,8 +132,9 @@ fn check_hyperparameters(args: &TrainArgs, lr: f64) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a run whose model and micro-batch cannot fit in the memory this machine has
-/// available (Linux `/proc/meminfo`), instead of aborting on an allocation later.
+/// CPU engine: refuses a run whose model and micro-batch cannot fit in the memory this machine has
+/// available (Linux `/proc/meminfo`), instead of aborting on an allocation later. (The CUDA
+/// engine allocates device memory up front and reports a failed allocation as an error.)
 fn check_memory(model: &ModelConfig, batch: usize, seq: usize) -> Result<()> {
     let need = crate::engine::cpu::memory_estimate(model, batch, seq);
     let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
@@ -385,6 +393,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         eps: args.adam_eps.unwrap_or(defaults.eps),
         weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
     };
+    let device = args.device.clone().unwrap_or_else(|| "auto".into());
     let config = RunConfig {
         shards: shards.clone(),
         out: run_dir.clone(),
@@ -403,7 +412,11 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         keep_last: args.keep_last.unwrap_or(2),
         log_every: args.log_every.unwrap_or(10),
         seed: args.seed.unwrap_or(0),
-        device: args.device.clone().unwrap_or_else(|| "auto".into()),
+        device: device.clone(),
+        dtype: args
+            .dtype
+            .clone()
+            .unwrap_or_else(|| crate::device::default_dtype(&device).into()),
         init_from: args.init_from.clone(),
     };
 
@@ -462,6 +475,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         resumed.shards = config.shards.clone();
         resumed.out = config.out.clone();
         resumed.device = config.device.clone();
+        resumed.dtype = config.dtype.clone();
         resumed.seed = state.seed;
         // The run may be lengthened (or shortened) deliberately.
         if args.steps.is_some() || args.epochs.is_some() || args.tokens.is_some() {
@@ -498,9 +512,12 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         start = state;
     }
 
-    check_memory(&model, config.batch_size, config.seq_len)?;
+    if !crate::device::is_cuda(&config.device) {
+        check_memory(&model, config.batch_size, config.seq_len)?;
+    }
     let params = loaded.unwrap_or_else(|| init_params(&model, &Layout::new(&model), config.seed));
-    let (mut engine, notice) = crate::device::create(&config.device, model.clone(), params)?;
+    let (mut engine, notice) =
+        crate::device::create(&config.device, &config.dtype, model.clone(), params)?;
     if let Some(opt) = optimizer_state {
         engine.set_optimizer_state(opt)?;
     }

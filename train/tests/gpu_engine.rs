@@ -1,14 +1,14 @@
-//! The CUDA engine (`ingot_train::engine::cuda::CudaEngine`, f32 storage) against the CPU
-//! engine (`CpuEngine`, the f32 reference) on the same random parameters and tokens: a small
-//! GQA model (vocab 300, dim 64, 2 layers, 4 heads, 2 KV heads, FFN 96), micro-batches of
-//! 3 × 40 tokens, tied and untied embeddings.
+//! The CUDA engine (`ingot_train::engine::cuda::CudaEngine`) against the CPU engine
+//! (`CpuEngine`, the f32 reference) on the same random parameters and tokens: a small GQA
+//! model (vocab 300, dim 64, 2 layers, 4 heads, 2 KV heads, FFN 96), micro-batches of 3 × 40
+//! tokens, tied and untied embeddings; in f32 storage and in bf16 mixed precision.
 //!
-//! Checked: the loss, every parameter tensor's gradient, the logits of one sequence, the loss
-//! without gradients, gradient accumulation with `grad_scale`, and 20 AdamW steps (with
-//! clipping) whose losses and gradient norms must track the CPU run.
+//! Checked in f32: the loss, every parameter tensor's gradient, the logits of one sequence,
+//! the loss without gradients, gradient accumulation with `grad_scale`, and 20 AdamW steps
+//! (with clipping) whose losses and gradient norms must track the CPU run.
 //!
-//! Tolerances (all relative, `‖gpu − cpu‖₂ / ‖cpu‖₂` in f64): both engines compute in f32 but
-//! sum in different orders (cuBLASLt tiles versus the CPU's blocked GEMM, warp and block
+//! f32 tolerances (all relative, `‖gpu − cpu‖₂ / ‖cpu‖₂` in f64): both engines compute in f32
+//! but sum in different orders (cuBLASLt tiles versus the CPU's blocked GEMM, warp and block
 //! reductions in the norms, softmax and attention, f64 versus f32 loss totals), so they agree
 //! to a few f32 rounding errors per operation (~1e-7 each), compounded through the layers:
 //! - loss and logits: [`FWD_TOL`] = 1e-5;
@@ -17,12 +17,30 @@
 //! - 20 AdamW steps: losses within [`TRAIN_TOL`] = 1e-4 of the CPU's (Adam divides by
 //!   `sqrt(v)`, so near-zero gradient entries can take slightly different steps).
 //!
+//! Checked in bf16 (weights and activations stored in bf16, f32 accumulation, f32 master
+//! weights, gradients and moments): the working weights are the master rounded to bf16; the
+//! loss, logits and every gradient against the CPU engine run on those same rounded weights
+//! (so only the activations' rounding is measured); 200 AdamW steps with two accumulated
+//! micro-batches whose loss curve must track the CPU's; and a resume (a new engine from the
+//! step-100 master weights and optimizer state) that must continue the curve bit for bit.
+//!
+//! bf16 tolerances: every activation stored in bf16 carries a relative rounding error of up to
+//! 2⁻⁹ (≈ 2e-3), about 1e-3 in L2 over a tensor; a 2-layer forward pass rounds about ten
+//! times in sequence and the backward pass about twenty:
+//! - loss and logits: [`BF16_FWD_TOL`] = 1e-2;
+//! - gradients, per tensor: [`BF16_GRAD_TOL`] = 3e-2 (deeper, and the norm weights' gradients
+//!   are sums that largely cancel);
+//! - 200 steps: each 20-step window's mean loss within [`BF16_CURVE_TOL`] = 3e-2 of the
+//!   CPU's, and the curve must actually fall (the data is learnable), so a broken update
+//!   cannot pass by staying flat.
+//!
 //! A wrong index, transpose, scale or accumulation gives errors of order 1, far above these.
 //!
 //! Without a usable GPU (no driver, no device, no NVRTC, no cuBLASLt) the test prints
 //! `SKIPPED: <reason>` and passes, unless `INGOT_REQUIRE_GPU=1`, which makes it fail:
 //! `INGOT_REQUIRE_GPU=1 cargo test --release -p ingot-train --test gpu_engine -- --nocapture`.
 
+use ingot_kernels::launch::{Bf16, Storage};
 use ingot_train::engine::cpu::CpuEngine;
 use ingot_train::engine::cuda::CudaEngine;
 use ingot_train::engine::{AdamW, Batch, Engine};
@@ -32,6 +50,9 @@ use ingot_train::model::{Layout, ModelConfig};
 const FWD_TOL: f64 = 1e-5;
 const GRAD_TOL: f64 = 1e-4;
 const TRAIN_TOL: f64 = 1e-4;
+const BF16_FWD_TOL: f64 = 1e-2;
+const BF16_GRAD_TOL: f64 = 3e-2;
+const BF16_CURVE_TOL: f64 = 3e-2;
 
 const BATCH: usize = 3;
 const SEQ: usize = 40;
@@ -95,9 +116,9 @@ fn rel1(gpu: f32, cpu: f32) -> f64 {
     (f64::from(gpu) - f64::from(cpu)).abs() / f64::from(cpu).abs().max(1e-30)
 }
 
-/// The CUDA engine, or `None` after printing `SKIPPED: ...`.
-fn cuda(c: &ModelConfig, p: Vec<f32>) -> Option<CudaEngine> {
-    match CudaEngine::new(0, c.clone(), p) {
+/// The CUDA engine storing `T`, or `None` after printing `SKIPPED: ...`.
+fn cuda<T: Storage>(c: &ModelConfig, p: Vec<f32>) -> Option<CudaEngine<T>> {
+    match CudaEngine::<T>::new(0, c.clone(), p) {
         Ok(e) => Some(e),
         Err(e) => {
             if std::env::var("INGOT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
@@ -122,7 +143,7 @@ fn loss_gradients_and_logits_match_the_cpu() {
     for tie in [true, false] {
         let c = config(tie);
         let p = params(&c, 1);
-        let Some(mut gpu) = cuda(&c, p.clone()) else {
+        let Some(mut gpu) = cuda::<f32>(&c, p.clone()) else {
             return;
         };
         println!("{} (tied embeddings: {tie})", gpu.name());
@@ -175,7 +196,7 @@ fn loss_gradients_and_logits_match_the_cpu() {
 fn adamw_steps_track_the_cpu() {
     let c = config(true);
     let p = params(&c, 4);
-    let Some(mut gpu) = cuda(&c, p.clone()) else {
+    let Some(mut gpu) = cuda::<f32>(&c, p.clone()) else {
         return;
     };
     let mut cpu = CpuEngine::new(c.clone(), p).unwrap();
@@ -232,4 +253,156 @@ fn adamw_steps_track_the_cpu() {
     assert!(gpu.step(&opt, 1e-3, Some(1.0)).is_err());
     assert!(gpu.grads().unwrap().iter().all(|&g| g == 0.0));
     assert_eq!(gpu.optimizer_state().step, sg.step);
+}
+
+/// `p` rounded to bf16 and widened back: the weights the bf16 engine computes with.
+fn rounded_to_bf16(p: &[f32]) -> Vec<f32> {
+    p.iter().map(|&x| Bf16::from_f32(x).to_f32()).collect()
+}
+
+#[test]
+fn bf16_loss_gradients_and_logits_match_the_cpu() {
+    for tie in [true, false] {
+        let c = config(tie);
+        let p = params(&c, 21);
+        let Some(mut gpu) = cuda::<Bf16>(&c, p.clone()) else {
+            return;
+        };
+        println!("{} (tied embeddings: {tie})", gpu.name());
+        let w = rounded_to_bf16(&p);
+        assert!(
+            gpu.params() == p,
+            "the master weights are the f32 parameters"
+        );
+        assert!(
+            gpu.working_weights().unwrap() == w,
+            "the working weights are the parameters rounded to bf16"
+        );
+        let mut cpu = CpuEngine::new(c.clone(), w).unwrap();
+        let toks = tokens(BATCH * SEQ, c.vocab_size, 22);
+
+        let lc = cpu.forward_backward(&batch(&toks), 1.0).unwrap();
+        let lg = gpu.forward_backward(&batch(&toks), 1.0).unwrap();
+        println!("loss cpu {lc} gpu {lg} rel {:.2e}", rel1(lg, lc));
+        assert!(rel1(lg, lc) < BF16_FWD_TOL, "loss: gpu {lg} cpu {lc}");
+
+        let gg = gpu.grads().unwrap();
+        let gc = cpu.grads();
+        for t in &Layout::new(&c).tensors {
+            let e = rel(&gg[t.range()], &gc[t.range()]);
+            println!("  grad {:<45} rel {e:.2e}", t.name);
+            assert!(
+                e < BF16_GRAD_TOL,
+                "gradient of {}: relative error {e}",
+                t.name
+            );
+        }
+
+        // Accumulation into the f32 gradient buffer.
+        cpu.forward_backward(&batch(&toks), 0.5).unwrap();
+        gpu.forward_backward(&batch(&toks), 0.5).unwrap();
+        let e = rel(&gpu.grads().unwrap(), cpu.grads());
+        assert!(
+            e < BF16_GRAD_TOL,
+            "accumulated gradient: relative error {e}"
+        );
+
+        let other = tokens(BATCH * SEQ, c.vocab_size, 23);
+        let (ec, eg) = (
+            cpu.loss(&batch(&other)).unwrap(),
+            gpu.loss(&batch(&other)).unwrap(),
+        );
+        assert!(rel1(eg, ec) < BF16_FWD_TOL, "eval loss: gpu {eg} cpu {ec}");
+
+        let seq = &toks[..SEQ - 7];
+        let (xc, xg) = (cpu.logits(seq).unwrap(), gpu.logits(seq).unwrap());
+        let e = rel(&xg, &xc);
+        println!("logits rel {e:.2e}");
+        assert!(e < BF16_FWD_TOL, "logits: relative error {e}");
+    }
+}
+
+/// Learnable tokens: each is `(7 · previous + 3) mod vocab`, with one in eight drawn at
+/// random, so the loss can fall well below `ln(vocab)`.
+fn patterned_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng(seed);
+    let mut prev = (rng.next_u64() % vocab as u64) as u32;
+    (0..n)
+        .map(|_| {
+            prev = if rng.next_u64().is_multiple_of(8) {
+                (rng.next_u64() % vocab as u64) as u32
+            } else {
+                (7 * prev + 3) % vocab as u32
+            };
+            prev
+        })
+        .collect()
+}
+
+/// One optimizer step of two accumulated micro-batches; returns the mean loss.
+fn train_step(e: &mut dyn Engine, toks: &[u32], opt: &AdamW, lr: f32) -> f32 {
+    let mut loss = 0.0;
+    for part in toks.chunks(BATCH * SEQ) {
+        loss += 0.5 * e.forward_backward(&batch(part), 0.5).unwrap();
+    }
+    e.step(opt, lr, Some(1.0)).unwrap();
+    loss
+}
+
+#[test]
+fn bf16_training_tracks_the_cpu_and_resumes_exactly() {
+    const STEPS: u64 = 200;
+    const RESUME_AT: u64 = 100;
+    const WINDOW: usize = 20;
+    let c = config(true);
+    let p = init_params(&c, &Layout::new(&c), 31);
+    let Some(mut gpu) = cuda::<Bf16>(&c, p.clone()) else {
+        return;
+    };
+    let mut cpu = CpuEngine::new(c.clone(), p).unwrap();
+    let opt = AdamW::default();
+    let data = |step: u64| patterned_tokens(2 * BATCH * SEQ, c.vocab_size, 1000 + step);
+    let (mut lc, mut lg) = (Vec::new(), Vec::new());
+    let mut saved = None;
+    for step in 0..STEPS {
+        if step == RESUME_AT {
+            saved = Some((gpu.params(), gpu.optimizer_state()));
+        }
+        let toks = data(step);
+        lc.push(train_step(&mut cpu, &toks, &opt, 3e-3));
+        lg.push(train_step(&mut gpu, &toks, &opt, 3e-3));
+    }
+    let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64;
+    for (i, (wc, wg)) in lc.chunks(WINDOW).zip(lg.chunks(WINDOW)).enumerate() {
+        let (mc, mg) = (mean(wc), mean(wg));
+        let e = (mg - mc).abs() / mc;
+        println!(
+            "steps {:>3}..{:>3}: mean loss cpu {mc:.4} gpu {mg:.4} rel {e:.2e}",
+            i * WINDOW,
+            (i + 1) * WINDOW
+        );
+        assert!(e < BF16_CURVE_TOL, "window {i}: gpu {mg} cpu {mc}");
+    }
+    let (first, last) = (mean(&lc[..WINDOW]), mean(&lc[lc.len() - WINDOW..]));
+    assert!(
+        last < 0.6 * first,
+        "the CPU loss did not fall ({first} -> {last}): the test data is not learnable"
+    );
+
+    // A new engine from the step-100 master weights and moments continues bit for bit.
+    let Some((params, state)) = saved else {
+        panic!("no state saved at step {RESUME_AT}");
+    };
+    let mut resumed = cuda::<Bf16>(&c, params).expect("the GPU was there a moment ago");
+    resumed.set_optimizer_state(state).unwrap();
+    for step in RESUME_AT..STEPS {
+        let l = train_step(&mut resumed, &data(step), &opt, 3e-3);
+        assert_eq!(
+            l.to_bits(),
+            lg[step as usize].to_bits(),
+            "step {step}: resumed loss {l}, uninterrupted {}",
+            lg[step as usize]
+        );
+    }
+    assert!(resumed.params() == gpu.params(), "resumed weights differ");
 }

@@ -1,11 +1,22 @@
-//! The CUDA engine, f32 storage: the CPU engine's forward and backward passes ([`super::cpu`]),
-//! step for step, with every operation a kernel of `ingot_kernels::launch` or a cuBLASLt GEMM of
+//! The CUDA engine: the CPU engine's forward and backward passes ([`super::cpu`]), step for
+//! step, with every operation a kernel of `ingot_kernels::launch` or a cuBLASLt GEMM of
 //! `ingot_kernels::matmul`, all enqueued on one stream.
 //!
-//! Memory: parameters, gradients and both AdamW moments are flat f32 device buffers in the
-//! model's [`Layout`], allocated once in [`CudaEngine::new`]. Activations live in one device
-//! arena sized for the largest micro-batch seen (in tokens); a smaller shape reuses it, so a
-//! warm step allocates no device memory.
+//! Precision: the engine is generic over the storage type `T` of weights and activations,
+//! `f32` (`--dtype f32`, for debugging: the same kernels, comparable with the CPU to f32
+//! rounding) or [`Bf16`] (`--dtype bf16`, mixed precision). Whatever `T`, every kernel and
+//! every GEMM accumulates in f32, and these stay f32: the master weights and both AdamW
+//! moments, the gradient buffer (so gradient accumulation over `--grad-accum` micro-batches
+//! sums in f32, not in bf16, whose 8-bit mantissa would drop small micro-batch
+//! contributions), and the per-row statistics (RMSNorm `rstd`, attention log-sum-exp and
+//! `delta`, per-row losses). AdamW updates the f32 master and writes the working copy in `T`
+//! in the same kernel, so the forward pass reads weights in `T`.
+//!
+//! Memory: master weights, the working copy, gradients and both AdamW moments are flat device
+//! buffers in the model's [`Layout`] (4 + size_of T + 4 + 4 + 4 bytes per parameter),
+//! allocated once in [`CudaEngine::new`]. Activations live in two device arenas (`T` and f32
+//! statistics) sized for the largest micro-batch seen (in tokens); a smaller shape reuses
+//! them, so a warm step allocates no device memory.
 //!
 //! The typed launchers of `ingot_kernels::launch` take whole `CudaSlice`s of exact lengths, so
 //! tensors inside a flat buffer (a norm's weight, the embedding's gradient, one slab of
@@ -20,7 +31,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
-use ingot_kernels::launch::{AdamWHyper, CudaSlice, Gpu};
+use ingot_kernels::launch::{AdamWHyper, Bf16, CudaSlice, Gpu, Storage};
 use ingot_kernels::matmul::{Blas, CudaStream};
 
 use super::optim::{decay_mask, AdamW};
@@ -30,8 +41,8 @@ use crate::model::{Layout, ModelConfig};
 /// Rows of the LM head processed at a time (as the CPU engine's `LM_HEAD_ROWS`).
 const LM_HEAD_ROWS: usize = 256;
 
-/// Arena sub-buffers start at multiples of this many elements (256 bytes for f32), so the
-/// GEMMs see well-aligned operands.
+/// Arena sub-buffers start at multiples of this many elements (256 bytes for f32, 128 for
+/// bf16), so the GEMMs see well-aligned operands.
 const ARENA_ALIGN: usize = 64;
 
 /// Runs `f`, turning a panic (cudarc unwraps some driver results) into an error.
@@ -126,19 +137,19 @@ impl<T: ingot_kernels::launch::DeviceRepr> DevBuf<T> {
     }
 }
 
-/// Per-block activations kept for the backward pass (`B` is a buffer, or its length when
-/// sizing the arena).
-struct BlockActs<B> {
+/// Per-block activations kept for the backward pass: `B` buffers in the storage type, `F`
+/// buffers of f32 statistics (or their lengths when sizing the arenas).
+struct BlockActs<B, F> {
     x_in: B,
-    rstd1: B,
+    rstd1: F,
     h1: B,
     q: B,
     k: B,
     v: B,
-    lse: B,
+    lse: F,
     att: B,
     x_mid: B,
-    rstd2: B,
+    rstd2: F,
     h2: B,
     g: B,
     u: B,
@@ -146,14 +157,14 @@ struct BlockActs<B> {
 }
 
 /// Activations and backward scratch of one (batch, seq) shape.
-struct Acts<B> {
-    blocks: Vec<BlockActs<B>>,
+struct Acts<B, F> {
+    blocks: Vec<BlockActs<B, F>>,
     x_out: B,
-    rstd_f: B,
+    rstd_f: F,
     hf: B,
     logits: B,
-    losses: B,
-    loss_sum: B,
+    losses: F,
+    loss_sum: F,
     dx: B,
     dx2: B,
     dh: B,
@@ -165,16 +176,18 @@ struct Acts<B> {
     da: B,
     dg: B,
     du: B,
-    delta: B,
+    delta: F,
 }
 
-/// Builds the activations of `batch × seq` tokens, taking each buffer from `take(len)`.
-fn build_acts<B>(
+/// Builds the activations of `batch × seq` tokens, taking each storage-type buffer from
+/// `take(len)` and each f32 statistic from `take_f32(len)`.
+fn build_acts<B, F>(
     c: &ModelConfig,
     batch: usize,
     seq: usize,
     take: &mut impl FnMut(usize) -> Result<B>,
-) -> Result<Acts<B>> {
+    take_f32: &mut impl FnMut(usize) -> Result<F>,
+) -> Result<Acts<B, F>> {
     let n = batch * seq;
     let (d, f, nh) = (c.dim, c.ffn_dim, c.n_heads);
     let (qd, kvd) = (nh * c.head_dim(), c.n_kv_heads * c.head_dim());
@@ -182,15 +195,15 @@ fn build_acts<B>(
     for _ in 0..c.n_layers {
         blocks.push(BlockActs {
             x_in: take(n * d)?,
-            rstd1: take(n)?,
+            rstd1: take_f32(n)?,
             h1: take(n * d)?,
             q: take(n * qd)?,
             k: take(n * kvd)?,
             v: take(n * kvd)?,
-            lse: take(n * nh)?,
+            lse: take_f32(n * nh)?,
             att: take(n * qd)?,
             x_mid: take(n * d)?,
-            rstd2: take(n)?,
+            rstd2: take_f32(n)?,
             h2: take(n * d)?,
             g: take(n * f)?,
             u: take(n * f)?,
@@ -200,11 +213,11 @@ fn build_acts<B>(
     Ok(Acts {
         blocks,
         x_out: take(n * d)?,
-        rstd_f: take(n)?,
+        rstd_f: take_f32(n)?,
         hf: take(n * d)?,
         logits: take(LM_HEAD_ROWS.min(n) * c.vocab_size)?,
-        losses: take(n)?,
-        loss_sum: take(1)?,
+        losses: take_f32(n)?,
+        loss_sum: take_f32(1)?,
         dx: take(n * d)?,
         dx2: take(n * d)?,
         dh: take(n * d)?,
@@ -216,7 +229,7 @@ fn build_acts<B>(
         da: take(n * f)?,
         dg: take(n * f)?,
         du: take(n * f)?,
-        delta: take(n * nh)?,
+        delta: take_f32(n * nh)?,
     })
 }
 
@@ -224,50 +237,55 @@ fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
 
-/// f32 elements the arena needs for `batch × seq` tokens.
-fn arena_len(c: &ModelConfig, batch: usize, seq: usize) -> usize {
-    let mut total = 0;
-    let _ = build_acts(c, batch, seq, &mut |len| {
-        total += round_up(len.max(1), ARENA_ALIGN);
-        Ok(())
-    });
-    total
+/// Elements the two arenas need for `batch × seq` tokens: (storage type, f32).
+fn arena_len(c: &ModelConfig, batch: usize, seq: usize) -> (usize, usize) {
+    let (mut total, mut total_f32) = (0, 0);
+    let _ = build_acts(
+        c,
+        batch,
+        seq,
+        &mut |len| {
+            total += round_up(len.max(1), ARENA_ALIGN);
+            Ok(())
+        },
+        &mut |len| {
+            total_f32 += round_up(len.max(1), ARENA_ALIGN);
+            Ok(())
+        },
+    );
+    (total, total_f32)
 }
 
-/// One slab of LM-head rows: its logits, per-row losses and targets.
-struct Slab {
+/// One slab of LM-head rows: its logits (overwritten by their gradient), per-row losses and
+/// targets.
+struct Slab<T> {
     r0: usize,
     rows: usize,
-    logits: Alias<f32>,
+    logits: Alias<T>,
     losses: Alias<f32>,
     targets: Alias<u32>,
 }
 
 /// The activations of the current shape, as aliases into the arenas.
-struct Shape {
+struct Shape<T> {
     batch: usize,
     seq: usize,
-    acts: Acts<Alias<f32>>,
+    acts: Acts<Alias<T>, Alias<f32>>,
     tokens: Alias<u32>,
     targets: Alias<u32>,
-    slabs: Vec<Slab>,
+    slabs: Vec<Slab<T>>,
 }
 
-/// Views of the norm weights and the embedding inside a flat (parameter or gradient) buffer.
-struct TensorViews {
-    embed: Alias<f32>,
-    attn_norm: Vec<Alias<f32>>,
-    mlp_norm: Vec<Alias<f32>>,
-    final_norm: Alias<f32>,
+/// Views of the norm weights and the embedding inside a flat (weight or gradient) buffer.
+struct TensorViews<T> {
+    embed: Alias<T>,
+    attn_norm: Vec<Alias<T>>,
+    mlp_norm: Vec<Alias<T>>,
+    final_norm: Alias<T>,
 }
 
-impl TensorViews {
-    fn new(
-        stream: &Arc<CudaStream>,
-        buf: &DevBuf<f32>,
-        c: &ModelConfig,
-        l: &Layout,
-    ) -> Result<Self> {
+impl<T: Storage> TensorViews<T> {
+    fn new(stream: &Arc<CudaStream>, buf: &DevBuf<T>, c: &ModelConfig, l: &Layout) -> Result<Self> {
         let d = c.dim;
         Ok(TensorViews {
             embed: buf.alias(stream, l.embed, c.vocab_size * d)?,
@@ -286,59 +304,78 @@ impl TensorViews {
     }
 }
 
-/// `y[n, out] = x[n, in] · wᵀ` with `w` the parameter at `off`.
+/// `y[n, out] = x[n, in] · wᵀ` with `w` the weight at `off`.
 #[allow(clippy::too_many_arguments)]
-fn linear(
+fn linear<T: Storage>(
     blas: &Blas,
-    y: &mut CudaSlice<f32>,
-    x: &CudaSlice<f32>,
-    params: &CudaSlice<f32>,
+    y: &mut CudaSlice<T>,
+    x: &CudaSlice<T>,
+    params: &CudaSlice<T>,
     off: usize,
     n: usize,
     in_dim: usize,
     out_dim: usize,
 ) -> Result<()> {
     let w = params.slice(off..off + in_dim * out_dim);
-    blas.linear_forward(y, x, &w, n, in_dim, out_dim)?;
+    blas.linear_forward::<T, T>(y, x, &w, n, in_dim, out_dim)?;
     Ok(())
 }
 
 /// `dx = dy · w` (overwritten) and `dw += dyᵀ · x`, with `w`, `dw` at `off` (as the CPU's
-/// `linear_backward`).
+/// `linear_backward`); `dw` is in the f32 gradient buffer.
 #[allow(clippy::too_many_arguments)]
-fn linear_back(
+fn linear_back<T: Storage>(
     blas: &Blas,
-    dx: &mut CudaSlice<f32>,
+    dx: &mut CudaSlice<T>,
     grads: &mut CudaSlice<f32>,
-    params: &CudaSlice<f32>,
+    params: &CudaSlice<T>,
     off: usize,
-    dy: &CudaSlice<f32>,
-    x: &CudaSlice<f32>,
+    dy: &CudaSlice<T>,
+    x: &CudaSlice<T>,
     n: usize,
     in_dim: usize,
     out_dim: usize,
 ) -> Result<()> {
     let len = in_dim * out_dim;
     let w = params.slice(off..off + len);
-    blas.linear_backward_dx(dx, dy, &w, n, in_dim, out_dim)?;
+    blas.linear_backward_dx::<T, T>(dx, dy, &w, n, in_dim, out_dim)?;
     let mut dw = grads.slice_mut(off..off + len);
-    blas.linear_backward_dw(&mut dw, dy, x, n, in_dim, out_dim, true)?;
+    blas.linear_backward_dw::<T>(&mut dw, dy, x, n, in_dim, out_dim, true)?;
     Ok(())
 }
 
-/// The f32 CUDA engine with its optimizer state, all on one device.
-pub struct CudaEngine {
+/// `params` rounded to the storage type on the host, with the device's rounding (nearest
+/// even), so the working copy equals what AdamW's `work` output would hold.
+fn to_storage<T: Storage>(params: &[f32]) -> Vec<T> {
+    params.iter().map(|&p| T::from_f32(p)).collect()
+}
+
+/// Storage type names, for messages (`--dtype`).
+fn dtype_name<T: Storage>() -> &'static str {
+    T::SUFFIX
+}
+
+/// The CUDA engine with weights and activations stored as `T` (`f32` or [`Bf16`]) and its
+/// f32 optimizer state, all on one device.
+pub struct CudaEngine<T: Storage = f32> {
     config: ModelConfig,
     layout: Layout,
     gpu: Gpu,
     blas: Blas,
     // Aliases are declared (and dropped) before the buffers they point into.
-    shape: Option<Shape>,
-    pv: TensorViews,
-    gv: TensorViews,
-    arena: Option<DevBuf<f32>>,
+    shape: Option<Shape<T>>,
+    /// Views into the working weights.
+    wv: TensorViews<T>,
+    /// Views into the gradients.
+    gv: TensorViews<f32>,
+    arena: Option<DevBuf<T>>,
+    arena_f32: Option<DevBuf<f32>>,
     arena_u32: Option<DevBuf<u32>>,
-    params: DevBuf<f32>,
+    /// f32 master weights, updated by AdamW.
+    master: CudaSlice<f32>,
+    /// The weights the forward and backward passes read: the master rounded to `T` (an
+    /// exact copy when `T` is f32).
+    work: DevBuf<T>,
     grads: DevBuf<f32>,
     exp_avg: CudaSlice<f32>,
     exp_avg_sq: CudaSlice<f32>,
@@ -352,18 +389,22 @@ pub struct CudaEngine {
     step: u64,
 }
 
-impl CudaEngine {
+/// The mixed-precision engine: bf16 weights and activations, f32 everything else.
+pub type CudaEngineBf16 = CudaEngine<Bf16>;
+
+impl<T: Storage> CudaEngine<T> {
     /// Opens GPU `ordinal` (probe, kernels, cuBLASLt) and uploads `params`. Every failure,
     /// no GPU included, is a one-line error.
-    pub fn new(ordinal: usize, config: ModelConfig, params: Vec<f32>) -> Result<CudaEngine> {
+    pub fn new(ordinal: usize, config: ModelConfig, params: Vec<f32>) -> Result<CudaEngine<T>> {
         let layout = super::checked_layout(&config, params.len())?;
         let gpu = Gpu::new(ordinal).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let blas = Blas::for_gpu(&gpu).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let stream = gpu.stream.clone();
         let n = layout.len();
-        let params = DevBuf::from_slice(&stream, gpu.upload(&params)?)?;
+        let master = gpu.upload(&params)?;
+        let work = DevBuf::from_slice(&stream, gpu.upload(&to_storage::<T>(&params))?)?;
         let grads = DevBuf::from_slice(&stream, gpu.zeros::<f32>(n)?)?;
-        let pv = TensorViews::new(&stream, &params, &config, &layout)?;
+        let wv = TensorViews::new(&stream, &work, &config, &layout)?;
         let gv = TensorViews::new(&stream, &grads, &config, &layout)?;
         let decay: Vec<u8> = decay_mask(&layout).into_iter().map(u8::from).collect();
         let decay = gpu.upload(&decay)?;
@@ -379,11 +420,13 @@ impl CudaEngine {
             gpu,
             blas,
             shape: None,
-            pv,
+            wv,
             gv,
             arena: None,
+            arena_f32: None,
             arena_u32: None,
-            params,
+            master,
+            work,
             grads,
             exp_avg,
             exp_avg_sq,
@@ -402,6 +445,24 @@ impl CudaEngine {
         Ok(self.gpu.download(&self.grads.owner)?)
     }
 
+    /// The working weights widened to f32, copied to the host (for tests: in bf16 mode they
+    /// must equal the master weights rounded to bf16).
+    pub fn working_weights(&self) -> Result<Vec<f32>> {
+        let w = self.gpu.download(&self.work.owner)?;
+        Ok(w.into_iter().map(Storage::to_f32).collect())
+    }
+
+    /// Device memory in use on this engine's GPU, in bytes (all processes: `total − free`
+    /// from the driver). Since a warm step allocates nothing, after one step this is the
+    /// run's peak.
+    pub fn device_memory_used(&self) -> Result<u64> {
+        let (free, total) = guarded("reading the device memory", || {
+            self.gpu.stream.context().mem_get_info()
+        })?
+        .map_err(|e| anyhow!("reading the device memory: {e:?}"))?;
+        Ok((total - free) as u64)
+    }
+
     /// Makes the activations of `batch × seq` current, growing the arenas (the only device
     /// allocations after `new`) when this shape needs more than any before.
     fn ensure_shape(&mut self, batch: usize, seq: usize) -> Result<()> {
@@ -416,10 +477,21 @@ impl CudaEngine {
         let stream = self.gpu.stream.clone();
         let c = &self.config;
         let n = batch * seq;
-        let need = arena_len(c, batch, seq);
+        let (need, need_f32) = arena_len(c, batch, seq);
         if self.arena.as_ref().is_none_or(|a| a.owner.len() < need) {
             self.arena = None;
-            self.arena = Some(DevBuf::from_slice(&stream, self.gpu.zeros::<f32>(need)?)?);
+            self.arena = Some(DevBuf::from_slice(&stream, self.gpu.zeros::<T>(need)?)?);
+        }
+        if self
+            .arena_f32
+            .as_ref()
+            .is_none_or(|a| a.owner.len() < need_f32)
+        {
+            self.arena_f32 = None;
+            self.arena_f32 = Some(DevBuf::from_slice(
+                &stream,
+                self.gpu.zeros::<f32>(need_f32)?,
+            )?);
         }
         if self
             .arena_u32
@@ -433,15 +505,27 @@ impl CudaEngine {
             let (cos, sin) = self.gpu.rope_tables(seq, c.head_dim(), c.rope_theta)?;
             self.rope = Some((seq, cos, sin));
         }
-        let (Some(arena), Some(arena_u32)) = (&self.arena, &self.arena_u32) else {
+        let (Some(arena), Some(arena_f32), Some(arena_u32)) =
+            (&self.arena, &self.arena_f32, &self.arena_u32)
+        else {
             bail!("activation arenas missing");
         };
-        let mut off = 0;
-        let acts = build_acts(c, batch, seq, &mut |len| {
-            let a = arena.alias(&stream, off, len)?;
-            off += round_up(len.max(1), ARENA_ALIGN);
-            Ok(a)
-        })?;
+        let (mut off, mut off_f32) = (0, 0);
+        let acts = build_acts(
+            c,
+            batch,
+            seq,
+            &mut |len| {
+                let a = arena.alias(&stream, off, len)?;
+                off += round_up(len.max(1), ARENA_ALIGN);
+                Ok(a)
+            },
+            &mut |len| {
+                let a = arena_f32.alias(&stream, off_f32, len)?;
+                off_f32 += round_up(len.max(1), ARENA_ALIGN);
+                Ok(a)
+            },
+        )?;
         let tokens = arena_u32.alias(&stream, 0, n)?;
         let targets = arena_u32.alias(&stream, n, n)?;
         let v = c.vocab_size;
@@ -476,8 +560,8 @@ impl CudaEngine {
         let (qd, kvd) = (nh * hd, nkv * hd);
         let eps = c.rms_norm_eps as f32;
         let (gpu, blas, l) = (&self.gpu, &self.blas, &self.layout);
-        let p = &self.params.owner;
-        let pv = &self.pv;
+        let p = &self.work.owner;
+        let pv = &self.wv;
         let (Some(s), Some((_, cos, sin))) = (self.shape.as_mut(), self.rope.as_ref()) else {
             bail!("activations missing");
         };
@@ -528,7 +612,7 @@ impl CudaEngine {
             linear(blas, &mut b.g, &b.h2, p, w.w_gate, n, d, f)?;
             linear(blas, &mut b.u, &b.h2, p, w.w_up, n, d, f)?;
             gpu.swiglu_forward(&mut *b.a, &b.g, &b.u)?;
-            let out: &mut CudaSlice<f32> = match rest.first_mut() {
+            let out: &mut CudaSlice<T> = match rest.first_mut() {
                 Some(next) => &mut next.x_in,
                 None => &mut acts.x_out,
             };
@@ -570,7 +654,7 @@ impl CudaEngine {
         let scale = grad_scale.unwrap_or(0.0) / count;
         let lm = self.layout.lm_head;
         let (gpu, blas) = (&self.gpu, &self.blas);
-        let p = &self.params.owner;
+        let p = &self.work.owner;
         let grads = &mut self.grads.owner;
         let Some(s) = self.shape.as_mut() else {
             bail!("activations missing");
@@ -583,7 +667,7 @@ impl CudaEngine {
         for slab in s.slabs.iter_mut() {
             let (r0, rows) = (slab.r0, slab.rows);
             let hf = acts.hf.slice(r0 * d..(r0 + rows) * d);
-            blas.linear_forward(&mut *slab.logits, &hf, &w_lm, rows, d, v)?;
+            blas.linear_forward::<T, T>(&mut *slab.logits, &hf, &w_lm, rows, d, v)?;
             gpu.cross_entropy(
                 &mut *slab.logits,
                 &mut slab.losses,
@@ -595,9 +679,9 @@ impl CudaEngine {
             )?;
             if grad_scale.is_some() {
                 let mut dh = acts.dh.slice_mut(r0 * d..(r0 + rows) * d);
-                blas.linear_backward_dx(&mut dh, &*slab.logits, &w_lm, rows, d, v)?;
+                blas.linear_backward_dx::<T, T>(&mut dh, &*slab.logits, &w_lm, rows, d, v)?;
                 let mut dw = grads.slice_mut(lm..lm + v * d);
-                blas.linear_backward_dw(&mut dw, &*slab.logits, &hf, rows, d, v, true)?;
+                blas.linear_backward_dw::<T>(&mut dw, &*slab.logits, &hf, rows, d, v, true)?;
             }
         }
         gpu.cross_entropy_sum(&mut acts.loss_sum, &acts.losses)?;
@@ -619,9 +703,9 @@ impl CudaEngine {
         let (nh, nkv) = (c.n_heads, c.n_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
         let (gpu, blas, l) = (&self.gpu, &self.blas, &self.layout);
-        let p = &self.params.owner;
+        let p = &self.work.owner;
         let g = &mut self.grads.owner;
-        let (pv, gv) = (&self.pv, &mut self.gv);
+        let (pv, gv) = (&self.wv, &mut self.gv);
         let (Some(s), Some((_, cos, sin))) = (self.shape.as_mut(), self.rope.as_ref()) else {
             bail!("activations missing");
         };
@@ -706,9 +790,14 @@ impl CudaEngine {
     }
 }
 
-impl Engine for CudaEngine {
+impl<T: Storage> Engine for CudaEngine<T> {
     fn name(&self) -> String {
-        format!("cuda:{} ({})", self.gpu.info.ordinal, self.gpu.info.name)
+        format!(
+            "cuda:{} ({}, {})",
+            self.gpu.info.ordinal,
+            self.gpu.info.name,
+            dtype_name::<T>()
+        )
     }
 
     fn config(&self) -> &ModelConfig {
@@ -739,18 +828,12 @@ impl Engine for CudaEngine {
         let Some(s) = self.shape.as_ref() else {
             bail!("activations missing");
         };
-        // Evaluation only: a buffer of its own for the whole [seq, vocab].
+        // Evaluation only: a buffer of its own for the whole [seq, vocab], in f32 whatever
+        // the storage type (cuBLASLt writes f32 from bf16 inputs directly).
         let mut out = self.gpu.zeros::<f32>(seq * v)?;
-        linear(
-            &self.blas,
-            &mut out,
-            &s.acts.hf,
-            &self.params.owner,
-            lm,
-            seq,
-            d,
-            v,
-        )?;
+        let w_lm = self.work.owner.slice(lm..lm + v * d);
+        self.blas
+            .linear_forward::<T, f32>(&mut out, &*s.acts.hf, &w_lm, seq, d, v)?;
         Ok(self.gpu.download(&out)?)
     }
 
@@ -781,9 +864,9 @@ impl Engine for CudaEngine {
             weight_decay: opt.weight_decay,
         };
         let scale_view = self.clip_scale.slice(0..1);
-        self.gpu.adamw_step::<f32>(
-            &mut self.params.owner,
-            None,
+        self.gpu.adamw_step::<T>(
+            &mut self.master,
+            Some(&mut self.work.owner),
             &self.grads.owner,
             &mut self.exp_avg,
             &mut self.exp_avg_sq,
@@ -797,10 +880,11 @@ impl Engine for CudaEngine {
         Ok(norm)
     }
 
-    /// Panics only if the device fails (the trait gives no way to report it).
+    /// The f32 master weights. Panics only if the device fails (the trait gives no way to
+    /// report it).
     fn params(&self) -> Vec<f32> {
         self.gpu
-            .download(&self.params.owner)
+            .download(&self.master)
             .unwrap_or_else(|e| panic!("copying the parameters from the GPU failed: {e}"))
     }
 
@@ -812,7 +896,9 @@ impl Engine for CudaEngine {
                 self.layout.len()
             );
         }
-        self.gpu.upload_into(params, &mut self.params.owner)?;
+        self.gpu.upload_into(params, &mut self.master)?;
+        self.gpu
+            .upload_into(&to_storage::<T>(params), &mut self.work.owner)?;
         Ok(())
     }
 
@@ -854,27 +940,42 @@ mod tests {
     fn arena_covers_every_buffer_aligned() {
         let c = ModelConfig::preset("tiny", 259).unwrap();
         for (b, t) in [(1, 1), (3, 40), (8, 100)] {
-            let mut lens = Vec::new();
-            build_acts(&c, b, t, &mut |len| {
-                lens.push(len);
-                Ok(())
-            })
+            let (mut lens, mut lens_f32) = (Vec::new(), Vec::new());
+            build_acts(
+                &c,
+                b,
+                t,
+                &mut |len| {
+                    lens.push(len);
+                    Ok(())
+                },
+                &mut |len| {
+                    lens_f32.push(len);
+                    Ok(())
+                },
+            )
             .unwrap();
-            assert_eq!(lens.len(), 14 * c.n_layers + 18);
-            let raw: usize = lens.iter().sum();
-            let total = arena_len(&c, b, t);
-            assert!(total >= raw && total.is_multiple_of(ARENA_ALIGN));
-            assert!(total <= raw + lens.len() * ARENA_ALIGN);
+            // Storage-type buffers: 11 per block and 15 outside; f32 statistics: 3 per block
+            // (rstd1, lse, rstd2) and 4 outside (rstd_f, losses, loss_sum, delta).
+            assert_eq!(lens.len(), 11 * c.n_layers + 14);
+            assert_eq!(lens_f32.len(), 3 * c.n_layers + 4);
+            let (total, total_f32) = arena_len(&c, b, t);
+            for (total, lens) in [(total, &lens), (total_f32, &lens_f32)] {
+                let raw: usize = lens.iter().sum();
+                assert!(total >= raw && total.is_multiple_of(ARENA_ALIGN));
+                assert!(total <= raw + lens.len() * ARENA_ALIGN);
+            }
         }
-        // A smaller shape fits in a larger one's arena.
-        assert!(arena_len(&c, 2, 30) <= arena_len(&c, 3, 40));
+        // A smaller shape fits in a larger one's arenas.
+        let (small, big) = (arena_len(&c, 2, 30), arena_len(&c, 3, 40));
+        assert!(small.0 <= big.0 && small.1 <= big.1);
     }
 
     #[test]
     fn new_without_a_gpu_is_one_line() {
         let c = ModelConfig::preset("tiny", 259).unwrap();
         let params = crate::model::init::init_params(&c, &Layout::new(&c), 0);
-        match CudaEngine::new(0, c, params) {
+        match CudaEngine::<Bf16>::new(0, c, params) {
             Ok(e) => println!("GPU present: {}", e.name()),
             Err(e) => {
                 let msg = format!("{e:#}");
