@@ -8,6 +8,10 @@
 #   <bundle>/tests/compile           ingot-kernels' NVRTC compile test
 #   <bundle>/tests/ingot_kernels     ingot-kernels' unit tests (probe, launcher, Gpu::new)
 #   <bundle>/bin/prep, bin/train     the release binaries
+#   <bundle>/bin/example-corpus      the example-corpus generator (the benchmark's text)
+#   <bundle>/bench/gpt2-tokenizer.json.gz   GPT-2's tokenizer.json (from target/, or built by
+#                                    .ci/gpt2-tokenizer.sh), for the 124M benchmark dataset
+#   <bundle>/benches/                benches/train_gpu_vs_pytorch.sh and its Python scripts
 #   <bundle>/gpu-check.sh            a copy of the runner
 #   <bundle>/MANIFEST                git revision, sizes, sha256
 #   <bundle>/nvrtc/*.xz              only with --with-nvrtc: NVRTC 13.0 (from target/nvrtc, the
@@ -24,7 +28,7 @@ BUNDLE=gpu-bundle
 for arg in "$@"; do
     case "$arg" in
         --with-nvrtc) WITH_NVRTC=1 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) BUNDLE="$arg" ;;
     esac
 done
@@ -34,8 +38,9 @@ LIMIT_BYTES=$((60 * 1024 * 1024))
 rm -rf "$BUNDLE"
 mkdir -p "$BUNDLE/tests" "$BUNDLE/bin"
 
-echo "== building release binaries (prep, train)"
+echo "== building release binaries (prep, train, example-corpus)"
 cargo build --release -p ingot-prep -p ingot-train --bins
+cargo build --release -p ingot --bin example-corpus
 
 echo "== building test executables (cargo test --release --no-run)"
 JSON="$(mktemp)"
@@ -74,11 +79,19 @@ if [ "$found" -ne 5 ]; then
     exit 1
 fi
 
-for b in prep train; do
+for b in prep train example-corpus; do
     cp "target/release/$b" "$BUNDLE/bin/$b"
     strip "$BUNDLE/bin/$b"
 done
 cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
+
+# The benchmark: its scripts, and GPT-2's tokenizer (the 124M preset's vocabulary).
+mkdir -p "$BUNDLE/bench" "$BUNDLE/benches/python"
+cp benches/train_gpu_vs_pytorch.sh "$BUNDLE/benches/"
+cp benches/python/torch_train_gpu.py benches/python/gpu_summary.py "$BUNDLE/benches/python/"
+tok=target/gpt2-tokenizer.json
+[ -s "$tok" ] || .ci/gpt2-tokenizer.sh "$tok"
+gzip -9 -c "$tok" >"$BUNDLE/bench/gpt2-tokenizer.json.gz"
 chmod +x "$BUNDLE/gpu-check.sh" "$BUNDLE"/tests/* "$BUNDLE"/bin/*
 
 if [ "$WITH_NVRTC" = 1 ]; then

@@ -9,18 +9,30 @@
 #   3. runs every test executable in <bundle>/tests with INGOT_REQUIRE_GPU=1 and
 #      INGOT_REQUIRE_NVRTC=1 (a missing GPU or NVRTC fails instead of skipping), and
 #      `bin/{prep,train} --version` (the binaries start and their libraries resolve);
-#   4. ends with a table: test, PASS/FAIL, seconds. Exit status 0 only if every row passed.
+#   4. the benchmark (unless --no-bench): packs the example corpus with GPT-2's tokenizer
+#      into blocks of 1024, then benches/train_gpu_vs_pytorch.sh trains the 124M preset with
+#      the CUDA engine in bf16 and with PyTorch (eager and torch.compile) on those shards,
+#      with the first Python that imports torch;
+#   5. ends with a table: check, PASS/FAIL, seconds. Exit status 0 only if every row passed.
 #
-# Logs (one per test, plus gpu-check.log) go to $OUT/gpu-check/ when OUT is set, else to a
-# fresh directory under ${TMPDIR:-/tmp}. Extra arguments after the bundle directory are
-# passed to every test executable (e.g. `-- attention` to filter, `--test-threads=1`).
+# Logs (one per check, the benchmark's results, gpu-check.log) are written to a fresh
+# directory under ${TMPDIR:-/tmp}; when OUT is set, $OUT receives two files (the device tool
+# brings back only a few): gpu-check-logs.tar.gz with every log, and bench-summary.json.
+# The benchmark runs WARMUP=3 + STEPS=20 steps per engine with RUN_TIMEOUT=150 seconds each
+# unless the environment says otherwise, so the whole check fits in a 10-minute slot. Extra arguments after the bundle directory are
+# passed to every test executable (e.g. `attention` to filter, `--test-threads=1`).
 #
-# Usage: gpu-check.sh [BUNDLE_DIR] [TEST ARGS...]
+# Usage: gpu-check.sh [--no-bench] [BUNDLE_DIR] [TEST ARGS...]
 #   BUNDLE_DIR defaults to the directory holding this script when it holds tests/ (a copy
 #   inside the bundle), else gpu-bundle/.
 set -uo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
+BENCH=1
+if [ "${1:-}" = --no-bench ]; then
+    BENCH=0
+    shift
+fi
 if [ $# -ge 1 ] && [ -d "$1" ]; then
     BUNDLE="$(cd "$1" && pwd)"
     shift
@@ -35,12 +47,7 @@ if [ ! -d "$BUNDLE/tests" ]; then
     exit 2
 fi
 
-if [ -n "${OUT:-}" ]; then
-    LOGS="$OUT/gpu-check"
-else
-    LOGS="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
-fi
-mkdir -p "$LOGS"
+LOGS="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-work.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 exec > >(tee "$LOGS/gpu-check.log") 2>&1
@@ -205,9 +212,48 @@ for b in prep train; do
     [ -x "$BUNDLE/bin/$b" ] && run "bin/$b --version" "$LOGS/bin-$b.log" "$BUNDLE/bin/$b" --version
 done
 
+# ---- benchmark ---------------------------------------------------------------------------------
+
+# The first Python that imports torch with CUDA.
+torch_python() {
+    local py
+    for py in python3 python /usr/bin/python3 /usr/local/bin/python3; do
+        command -v "$py" >/dev/null 2>&1 || continue
+        "$py" -c 'import torch, numpy, transformers; assert torch.cuda.is_available()' >/dev/null 2>&1 &&
+            { echo "$py"; return 0; }
+    done
+    return 1
+}
+
+# bench: the example corpus packed with GPT-2's tokenizer, then the GPU-vs-PyTorch harness.
+bench() {
+    local py data="$WORK/bench"
+    py="$(torch_python)" || { echo "no Python that imports torch (with CUDA), numpy and transformers"; return 1; }
+    echo "python: $py ($("$py" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
+    mkdir -p "$data"
+    gzip -dc "$BUNDLE/bench/gpt2-tokenizer.json.gz" >"$data/gpt2-tokenizer.json" || return 1
+    "$BUNDLE/bin/example-corpus" "$data/corpus" 20000 || return 1
+    "$BUNDLE/bin/prep" --input "$data/corpus" --tokenizer "$data/gpt2-tokenizer.json" \
+        --block-size 1024 --val-fraction 0 --out "$data/shards" --quiet || return 1
+    RESULTS="$LOGS/bench" RUN_TIMEOUT="${RUN_TIMEOUT:-150}" WARMUP="${WARMUP:-3}" STEPS="${STEPS:-20}" \
+        "$BUNDLE/benches/train_gpu_vs_pytorch.sh" "$data/shards" "$py" "$BUNDLE/bin/train"
+}
+if [ "$BENCH" = 1 ]; then
+    if [ -x "$BUNDLE/benches/train_gpu_vs_pytorch.sh" ]; then
+        run "bench (124M vs torch)" "$LOGS/bench.log" bench
+    else
+        echo "no benchmark in $BUNDLE (rebuild it with scripts/gpu-bundle.sh)"
+    fi
+fi
+
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    tar czf "$OUT/gpu-check-logs.tar.gz" -C "$LOGS" . 2>/dev/null
+    [ -f "$LOGS/bench/summary.json" ] && cp "$LOGS/bench/summary.json" "$OUT/bench-summary.json"
+fi
 echo
 echo "== summary (logs in $LOGS)"
-printf '%-24s %-12s %8s\n' "test" "result" "seconds"
+printf '%-24s %-12s %8s\n' "check" "result" "seconds"
 printf '%-24s %-12s %8s\n' "------------------------" "------------" "--------"
 failed=0
 for i in "${!NAMES[@]}"; do

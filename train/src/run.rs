@@ -647,7 +647,11 @@ fn train_loop(
         let elapsed = started.elapsed().as_secs_f64().max(1e-9);
         let tps = (state.step - first_step) as f64 * step_tokens as f64 / elapsed;
         if state.step.is_multiple_of(config.log_every) || state.step == config.steps {
-            metrics.log(&json!({"kind": "train", "step": state.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": state.tokens_seen, "tokens_per_second": tps}))?;
+            let mut record = json!({"kind": "train", "step": state.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens": state.tokens_seen, "tokens_per_second": tps});
+            if let Some(bytes) = engine.device_memory_used() {
+                record["device_memory_bytes"] = bytes.into();
+            }
+            metrics.log(&record)?;
         }
         bar.set_position(state.step);
         bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));

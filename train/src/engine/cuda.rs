@@ -452,17 +452,6 @@ impl<T: Storage> CudaEngine<T> {
         Ok(w.into_iter().map(Storage::to_f32).collect())
     }
 
-    /// Device memory in use on this engine's GPU, in bytes (all processes: `total − free`
-    /// from the driver). Since a warm step allocates nothing, after one step this is the
-    /// run's peak.
-    pub fn device_memory_used(&self) -> Result<u64> {
-        let (free, total) = guarded("reading the device memory", || {
-            self.gpu.stream.context().mem_get_info()
-        })?
-        .map_err(|e| anyhow!("reading the device memory: {e:?}"))?;
-        Ok((total - free) as u64)
-    }
-
     /// Makes the activations of `batch × seq` current, growing the arenas (the only device
     /// allocations after `new`) when this shape needs more than any before.
     fn ensure_shape(&mut self, batch: usize, seq: usize) -> Result<()> {
@@ -913,6 +902,19 @@ impl<T: Storage> Engine for CudaEngine<T> {
             step: self.step,
             exp_avg: get(&self.exp_avg),
             exp_avg_sq: get(&self.exp_avg_sq),
+        }
+    }
+
+    /// Device memory in use on this engine's GPU (`total − free` from the driver, so all of
+    /// the device's processes and the CUDA context count). A warm step allocates nothing, so
+    /// after the first step this is the run's peak. `None` if the driver cannot say.
+    fn device_memory_used(&self) -> Option<u64> {
+        let info = guarded("reading the device memory", || {
+            self.gpu.stream.context().mem_get_info()
+        });
+        match info {
+            Ok(Ok((free, total))) => Some(total.saturating_sub(free) as u64),
+            _ => None,
         }
     }
 

@@ -90,4 +90,8 @@ pub trait Engine: Send {
     fn set_params(&mut self, params: &[f32]) -> Result<()>;
     fn optimizer_state(&self) -> OptimizerState;
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;
+    /// Accelerator memory in use, in bytes, for the metrics; `None` for the CPU.
+    fn device_memory_used(&self) -> Option<u64> {
+        None
+    }
 }
