@@ -4,8 +4,9 @@
 //! tokens, tied and untied embeddings; in f32 storage and in bf16 mixed precision.
 //!
 //! Checked in f32: the loss, every parameter tensor's gradient, the logits of one sequence,
-//! the loss without gradients, gradient accumulation with `grad_scale`, and 20 AdamW steps
-//! (with clipping) whose losses and gradient norms must track the CPU run.
+//! the loss without gradients, gradient accumulation with `grad_scale`, the LM head cut into
+//! several slabs (the last one partial), and 20 AdamW steps (with clipping) whose losses and
+//! gradient norms must track the CPU run.
 //!
 //! f32 tolerances (all relative, `‖gpu − cpu‖₂ / ‖cpu‖₂` in f64): both engines compute in f32
 //! but sum in different orders (cuBLASLt tiles versus the CPU's blocked GEMM, warp and block
@@ -189,6 +190,20 @@ fn loss_gradients_and_logits_match_the_cpu() {
         let e = rel(&xg, &xc);
         println!("logits rel {e:.2e}");
         assert!(e < FWD_TOL, "logits: relative error {e}");
+
+        // The LM head in slabs of 50 rows (50, 50, 20 for 120 tokens), against a fresh CPU.
+        let mut gpu = cuda::<f32>(&c, params(&c, 1)).unwrap();
+        gpu.set_lm_head_rows(50);
+        let mut cpu = CpuEngine::new(c.clone(), params(&c, 1)).unwrap();
+        let lc = cpu.forward_backward(&batch(&toks), 1.0).unwrap();
+        let lg = gpu.forward_backward(&batch(&toks), 1.0).unwrap();
+        assert!(rel1(lg, lc) < FWD_TOL, "loss in slabs: gpu {lg} cpu {lc}");
+        let e = rel(&gpu.grads().unwrap(), cpu.grads());
+        println!(
+            "slabs of 50 rows: loss rel {:.2e}, gradient rel {e:.2e}",
+            rel1(lg, lc)
+        );
+        assert!(e < GRAD_TOL, "gradient in slabs: relative error {e}");
     }
 }
 
@@ -319,6 +334,23 @@ fn bf16_loss_gradients_and_logits_match_the_cpu() {
         let e = rel(&xg, &xc);
         println!("logits rel {e:.2e}");
         assert!(e < BF16_FWD_TOL, "logits: relative error {e}");
+
+        // The LM head in slabs of 50 rows (50, 50, 20 for 120 tokens), against a fresh CPU.
+        let mut gpu = cuda::<Bf16>(&c, p.clone()).unwrap();
+        gpu.set_lm_head_rows(50);
+        let mut cpu = CpuEngine::new(c.clone(), rounded_to_bf16(&p)).unwrap();
+        let lc = cpu.forward_backward(&batch(&toks), 1.0).unwrap();
+        let lg = gpu.forward_backward(&batch(&toks), 1.0).unwrap();
+        assert!(
+            rel1(lg, lc) < BF16_FWD_TOL,
+            "loss in slabs: gpu {lg} cpu {lc}"
+        );
+        let e = rel(&gpu.grads().unwrap(), cpu.grads());
+        println!(
+            "slabs of 50 rows: loss rel {:.2e}, gradient rel {e:.2e}",
+            rel1(lg, lc)
+        );
+        assert!(e < BF16_GRAD_TOL, "gradient in slabs: relative error {e}");
     }
 }
 

@@ -38,8 +38,18 @@ use super::optim::{decay_mask, AdamW};
 use super::{Batch, Engine, OptimizerState};
 use crate::model::{Layout, ModelConfig};
 
-/// Rows of the LM head processed at a time (as the CPU engine's `LM_HEAD_ROWS`).
-const LM_HEAD_ROWS: usize = 256;
+/// Logits kept at once by the fused LM head + cross-entropy: the rows of one slab are chosen
+/// so that its `[rows, vocab]` logits take at most this many bytes (256 MiB: 2,670 rows of a
+/// GPT-2 vocabulary in bf16), never the whole `[tokens, vocab]` matrix of a large batch.
+const LM_HEAD_SLAB_BYTES: usize = 256 << 20;
+
+/// Fewest rows per LM-head slab (fewer would starve the GEMMs).
+const LM_HEAD_MIN_ROWS: usize = 256;
+
+/// Rows per LM-head slab for `vocab` logits of `elem_bytes` each.
+fn lm_head_rows(vocab: usize, elem_bytes: usize) -> usize {
+    (LM_HEAD_SLAB_BYTES / (vocab * elem_bytes).max(1)).max(LM_HEAD_MIN_ROWS)
+}
 
 /// Arena sub-buffers start at multiples of this many elements (256 bytes for f32, 128 for
 /// bf16), so the GEMMs see well-aligned operands.
@@ -179,12 +189,13 @@ struct Acts<B, F> {
     delta: F,
 }
 
-/// Builds the activations of `batch × seq` tokens, taking each storage-type buffer from
-/// `take(len)` and each f32 statistic from `take_f32(len)`.
+/// Builds the activations of `batch × seq` tokens (LM-head slabs of `lm_rows` rows), taking
+/// each storage-type buffer from `take(len)` and each f32 statistic from `take_f32(len)`.
 fn build_acts<B, F>(
     c: &ModelConfig,
     batch: usize,
     seq: usize,
+    lm_rows: usize,
     take: &mut impl FnMut(usize) -> Result<B>,
     take_f32: &mut impl FnMut(usize) -> Result<F>,
 ) -> Result<Acts<B, F>> {
@@ -215,7 +226,7 @@ fn build_acts<B, F>(
         x_out: take(n * d)?,
         rstd_f: take_f32(n)?,
         hf: take(n * d)?,
-        logits: take(LM_HEAD_ROWS.min(n) * c.vocab_size)?,
+        logits: take(lm_rows.min(n) * c.vocab_size)?,
         losses: take_f32(n)?,
         loss_sum: take_f32(1)?,
         dx: take(n * d)?,
@@ -238,12 +249,13 @@ fn round_up(x: usize, to: usize) -> usize {
 }
 
 /// Elements the two arenas need for `batch × seq` tokens: (storage type, f32).
-fn arena_len(c: &ModelConfig, batch: usize, seq: usize) -> (usize, usize) {
+fn arena_len(c: &ModelConfig, batch: usize, seq: usize, lm_rows: usize) -> (usize, usize) {
     let (mut total, mut total_f32) = (0, 0);
     let _ = build_acts(
         c,
         batch,
         seq,
+        lm_rows,
         &mut |len| {
             total += round_up(len.max(1), ARENA_ALIGN);
             Ok(())
@@ -386,6 +398,8 @@ pub struct CudaEngine<T: Storage = f32> {
     /// RoPE tables `(seq, cos, sin)` for the longest sequence seen.
     rope: Option<(usize, CudaSlice<f32>, CudaSlice<f32>)>,
     host_targets: Vec<u32>,
+    /// Rows per LM-head slab ([`lm_head_rows`]).
+    lm_head_rows: usize,
     step: u64,
 }
 
@@ -414,6 +428,7 @@ impl<T: Storage> CudaEngine<T> {
         let norm_partials = gpu.zeros::<f64>(Gpu::grad_norm_parts(n).max(1))?;
         let clip_scale = gpu.zeros::<f32>(1)?;
         gpu.synchronize()?;
+        let lm_head_rows = lm_head_rows(config.vocab_size, size_of::<T>());
         Ok(CudaEngine {
             config,
             layout,
@@ -436,8 +451,17 @@ impl<T: Storage> CudaEngine<T> {
             clip_scale,
             rope: None,
             host_targets: Vec::new(),
+            lm_head_rows,
             step: 0,
         })
+    }
+
+    /// Sets the rows per LM-head slab (at least 1), so that tests can make a small batch take
+    /// several slabs, the last one partial. The results are the same up to the order in which
+    /// the LM head's gradient sums its slabs.
+    pub fn set_lm_head_rows(&mut self, rows: usize) {
+        self.lm_head_rows = rows.max(1);
+        self.shape = None;
     }
 
     /// The accumulated gradients, copied to the host (for tests).
@@ -466,7 +490,8 @@ impl<T: Storage> CudaEngine<T> {
         let stream = self.gpu.stream.clone();
         let c = &self.config;
         let n = batch * seq;
-        let (need, need_f32) = arena_len(c, batch, seq);
+        let lm_rows = self.lm_head_rows;
+        let (need, need_f32) = arena_len(c, batch, seq, lm_rows);
         if self.arena.as_ref().is_none_or(|a| a.owner.len() < need) {
             self.arena = None;
             self.arena = Some(DevBuf::from_slice(&stream, self.gpu.zeros::<T>(need)?)?);
@@ -504,6 +529,7 @@ impl<T: Storage> CudaEngine<T> {
             c,
             batch,
             seq,
+            lm_rows,
             &mut |len| {
                 let a = arena.alias(&stream, off, len)?;
                 off += round_up(len.max(1), ARENA_ALIGN);
@@ -519,8 +545,8 @@ impl<T: Storage> CudaEngine<T> {
         let targets = arena_u32.alias(&stream, n, n)?;
         let v = c.vocab_size;
         let mut slabs = Vec::new();
-        for r0 in (0..n).step_by(LM_HEAD_ROWS) {
-            let rows = LM_HEAD_ROWS.min(n - r0);
+        for r0 in (0..n).step_by(lm_rows) {
+            let rows = lm_rows.min(n - r0);
             slabs.push(Slab {
                 r0,
                 rows,
@@ -947,6 +973,7 @@ mod tests {
                 &c,
                 b,
                 t,
+                256,
                 &mut |len| {
                     lens.push(len);
                     Ok(())
@@ -961,7 +988,7 @@ mod tests {
             // (rstd1, lse, rstd2) and 4 outside (rstd_f, losses, loss_sum, delta).
             assert_eq!(lens.len(), 11 * c.n_layers + 14);
             assert_eq!(lens_f32.len(), 3 * c.n_layers + 4);
-            let (total, total_f32) = arena_len(&c, b, t);
+            let (total, total_f32) = arena_len(&c, b, t, 256);
             for (total, lens) in [(total, &lens), (total_f32, &lens_f32)] {
                 let raw: usize = lens.iter().sum();
                 assert!(total >= raw && total.is_multiple_of(ARENA_ALIGN));
@@ -969,8 +996,19 @@ mod tests {
             }
         }
         // A smaller shape fits in a larger one's arenas.
-        let (small, big) = (arena_len(&c, 2, 30), arena_len(&c, 3, 40));
+        let (small, big) = (arena_len(&c, 2, 30, 256), arena_len(&c, 3, 40, 256));
         assert!(small.0 <= big.0 && small.1 <= big.1);
+    }
+
+    #[test]
+    fn lm_head_slabs_are_bounded() {
+        // GPT-2's vocabulary: 2,670 rows of bf16 or 1,335 of f32 in 256 MiB.
+        assert_eq!(lm_head_rows(50_257, 2), 2_670);
+        assert_eq!(lm_head_rows(50_257, 4), 1_335);
+        assert!(lm_head_rows(50_257, 2) * 50_257 * 2 <= LM_HEAD_SLAB_BYTES);
+        // A huge vocabulary still gets enough rows for the GEMMs; a tiny one, many.
+        assert_eq!(lm_head_rows(10_000_000, 4), LM_HEAD_MIN_ROWS);
+        assert!(lm_head_rows(300, 2) > 100_000);
     }
 
     #[test]
