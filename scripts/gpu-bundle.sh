@@ -13,6 +13,7 @@
 #                                    .ci/gpt2-tokenizer.sh), for the 124M benchmark dataset
 #   <bundle>/benches/                benches/train_gpu_vs_pytorch.sh and its Python scripts
 #   <bundle>/gpu-check.sh            a copy of the runner
+#   <bundle>/gpu-train-check.sh      a copy of the train end-to-end check it runs
 #   <bundle>/MANIFEST                git revision, sizes, sha256
 #   <bundle>/nvrtc/*.xz              only with --with-nvrtc: NVRTC 13.0 (from target/nvrtc, the
 #                                    pip wheel .ci/run installs), xz-compressed (~31 MB), for a
@@ -28,7 +29,7 @@ BUNDLE=gpu-bundle
 for arg in "$@"; do
     case "$arg" in
         --with-nvrtc) WITH_NVRTC=1 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) BUNDLE="$arg" ;;
     esac
 done
@@ -84,6 +85,7 @@ for b in prep train example-corpus; do
     strip "$BUNDLE/bin/$b"
 done
 cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
+cp scripts/gpu-train-check.sh "$BUNDLE/gpu-train-check.sh"
 
 # The benchmark: its scripts, and GPT-2's tokenizer (the 124M preset's vocabulary).
 mkdir -p "$BUNDLE/bench" "$BUNDLE/benches/python"
@@ -92,7 +94,7 @@ cp benches/python/torch_train_gpu.py benches/python/gpu_summary.py "$BUNDLE/benc
 tok=target/gpt2-tokenizer.json
 [ -s "$tok" ] || .ci/gpt2-tokenizer.sh "$tok"
 gzip -9 -c "$tok" >"$BUNDLE/bench/gpt2-tokenizer.json.gz"
-chmod +x "$BUNDLE/gpu-check.sh" "$BUNDLE"/tests/* "$BUNDLE"/bin/*
+chmod +x "$BUNDLE/gpu-check.sh" "$BUNDLE/gpu-train-check.sh" "$BUNDLE"/tests/* "$BUNDLE"/bin/*
 
 if [ "$WITH_NVRTC" = 1 ]; then
     lib=target/nvrtc/nvidia/cu13/lib

@@ -9,11 +9,13 @@
 #   3. runs every test executable in <bundle>/tests with INGOT_REQUIRE_GPU=1 and
 #      INGOT_REQUIRE_NVRTC=1 (a missing GPU or NVRTC fails instead of skipping), and
 #      `bin/{prep,train} --version` (the binaries start and their libraries resolve);
-#   4. the benchmark (unless --no-bench): packs the example corpus with GPT-2's tokenizer
+#   4. scripts/gpu-train-check.sh: the train binary with --device cuda on a small corpus,
+#      straight and stopped + resumed (bit for bit), against the CPU, and a sample;
+#   5. the benchmark (unless --no-bench): packs the example corpus with GPT-2's tokenizer
 #      into blocks of 1024, then benches/train_gpu_vs_pytorch.sh trains the 124M preset with
 #      the CUDA engine in bf16 and with PyTorch (eager and torch.compile) on those shards,
 #      with the first Python that imports torch;
-#   5. ends with a table: check, PASS/FAIL, seconds. Exit status 0 only if every row passed.
+#   6. ends with a table: check, PASS/FAIL, seconds. Exit status 0 only if every row passed.
 #
 # Logs (one per check, the benchmark's results, gpu-check.log) are written to a fresh
 # directory under ${TMPDIR:-/tmp}; when OUT is set, $OUT receives two files (the device tool
@@ -160,7 +162,7 @@ if p="$(find_lib libcublasLt.so.13)"; then
     echo "libcublasLt.so.13  $p"
     add_dir "$(dirname "$p")"
 else
-    echo "libcublasLt.so.13  not found (not needed by these tests; the CUDA engine's GEMMs will need it)"
+    echo "libcublasLt.so.13  NOT FOUND (the GEMM and engine tests, the train check and the benchmark need it)"
 fi
 
 if [ ${#LIB_DIRS[@]} -gt 0 ]; then
@@ -211,6 +213,11 @@ done
 for b in prep train; do
     [ -x "$BUNDLE/bin/$b" ] && run "bin/$b --version" "$LOGS/bin-$b.log" "$BUNDLE/bin/$b" --version
 done
+
+# The train binary end to end on the GPU: straight, stopped and resumed, against the CPU.
+if [ -x "$BUNDLE/gpu-train-check.sh" ]; then
+    run "train end to end" "$LOGS/train-e2e.log" "$BUNDLE/gpu-train-check.sh" "$BUNDLE/bin" "$WORK/train-e2e"
+fi
 
 # ---- benchmark ---------------------------------------------------------------------------------
 

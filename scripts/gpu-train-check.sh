@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The `train` binary end to end on a GPU: on a small example corpus (byte tokenizer, blocks of
+# 256), the tiny model for 40 steps
+#   1. straight through with --device cuda (bf16);
+#   2. stopped after 20 steps (checkpoint), then --resume: every train and eval record of
+#      steps 21-40 must equal run 1's bit for bit (same losses, norms and validation losses);
+#   3. on the CPU: the GPU's final validation loss must be within 5% of the CPU's (bf16
+#      against f32 over 40 steps), and both must have fallen below 80% of the first one;
+#   4. `train sample` loads the GPU run's best checkpoint.
+# Scripts/gpu-check.sh runs it with the bundle's binaries; DEVICE=cpu runs steps 1-2 on the
+# CPU too, to check this script on a machine without a GPU.
+#
+# Usage: gpu-train-check.sh BIN_DIR WORK_DIR   (BIN_DIR holds prep, train, example-corpus)
+set -euo pipefail
+bin=${1:?usage: gpu-train-check.sh BIN_DIR WORK_DIR}
+work=${2:?usage: gpu-train-check.sh BIN_DIR WORK_DIR}
+device=${DEVICE:-cuda}
+rm -rf "$work"
+mkdir -p "$work"
+
+"$bin/example-corpus" "$work/corpus" 1000
+"$bin/prep" --input "$work/corpus" --txt-unit paragraph --block-size 256 --out "$work/shards" --quiet
+common=(--shards "$work/shards" --model tiny --steps 40 --batch-size 8 --lr 3e-3 --eval-every 20
+    --eval-batches 4 --save-every 20 --log-every 1 --quiet)
+
+echo "== 1. straight, --device $device"
+"$bin/train" "${common[@]}" --device "$device" --out "$work/straight"
+echo "== 2. stopped after 20 steps, then resumed"
+"$bin/train" "${common[@]}" --device "$device" --out "$work/resumed" --stop-after 20
+"$bin/train" "${common[@]}" --device "$device" --out "$work/resumed" --resume
+echo "== 3. the CPU reference"
+"$bin/train" "${common[@]}" --device cpu --out "$work/cpu"
+
+python3 - "$work" <<'PY'
+import json, sys
+work = sys.argv[1]
+
+def records(run):
+    """The last record of each (kind, step) in a run's metrics.jsonl."""
+    out = {}
+    for line in open(f"{work}/{run}/metrics.jsonl"):
+        r = json.loads(line)
+        out[(r["kind"], r["step"])] = r
+    return out
+
+straight, resumed, cpu = records("straight"), records("resumed"), records("cpu")
+keys = ("loss", "grad_norm", "val_loss")
+compared = 0
+for key, r in sorted(straight.items()):
+    if key[1] <= 20:
+        continue
+    other = resumed.get(key)
+    if other is None:
+        sys.exit(f"FAIL: the resumed run has no {key[0]} record for step {key[1]}")
+    for k in keys:
+        if k in r and r[k] != other[k]:
+            sys.exit(f"FAIL: step {key[1]} {k}: straight {r[k]!r}, resumed {other[k]!r}")
+    compared += 1
+print(f"resume: {compared} records of steps 21-40 equal bit for bit")
+
+first = straight[("train", 1)]["loss"]
+gpu_val, cpu_val = straight[("eval", 40)]["val_loss"], cpu[("eval", 40)]["val_loss"]
+print(f"loss: first {first:.4f}; final val loss {gpu_val:.4f} here, {cpu_val:.4f} on the CPU "
+      f"(rel {abs(gpu_val - cpu_val) / cpu_val:.2e})")
+if not (gpu_val < 0.8 * first and cpu_val < 0.8 * first):
+    sys.exit("FAIL: the validation loss did not fall below 80% of the first training loss")
+if abs(gpu_val - cpu_val) > 0.05 * cpu_val:
+    sys.exit("FAIL: the final validation loss is more than 5% away from the CPU's")
+PY
+
+echo "== 4. sample from the checkpoint"
+"$bin/train" sample --checkpoint "$work/straight/checkpoints/best" --prompt "The lantern" \
+    --max-new-tokens 40
+echo "train end to end: PASS"
