@@ -238,3 +238,211 @@ __device__ __forceinline__ void attention_backward_dkv_impl(T* dk, T* dv, const 
     }
 INGOT_ATTENTION(f32, float)
 INGOT_ATTENTION(bf16, bf16)
+
+// ---- FORWARD ON TENSOR CORES (bf16 storage, head dims 64 and 128) ----------------------------
+//
+// The same function as attention_forward_bf16 (same out, same lse in the same units), computed
+// FlashAttention-2 style with warp-level mma.sync.m16n8k16 (bf16 inputs, f32 accumulation):
+//
+// - a block of 4 warps takes 64 query rows of one (sequence, query head); warp w owns rows
+//   q0 + 16w .. q0 + 16w + 15 and keeps their Q fragments in registers;
+// - key tiles of 64 rows, 0 ..= the block's diagonal tile, are staged in shared memory: K as
+//   it is ([key][d], the "col" B operand of S = Q K^T) and V transposed ([d][key], the B
+//   operand of O = P V); rows past t are zero-filled;
+// - per tile each warp computes its 16 x 64 scores in f32, masks j > i (which also covers
+//   keys past t for every real row), updates the running max m and per-thread partial sums
+//   l, rescales its O accumulator, rounds P to bf16 and adds P V. P is never stored: the C
+//   fragment of S is, register for register, the A fragment of P (FlashAttention-2's trick).
+//
+// Fragment layout of mma.m16n8k16 (PTX ISA), with gid = lane / 4 and tig = lane % 4:
+//   A (16x16, row-major): a0 = (gid, 2tig..2tig+1), a1 = (gid+8, same), a2 = (gid, 2tig+8..),
+//                         a3 = (gid+8, 2tig+8..)     (two bf16 per register, lower index low)
+//   B (16x8, "col"):      b0 = (k 2tig..2tig+1, n gid), b1 = (k 2tig+8.., n gid)
+//   C (16x8, f32):        c0,c1 = (gid, 2tig..2tig+1), c2,c3 = (gid+8, same)
+//
+// Differences from the warp-per-row kernel, all within bf16 tolerance: P is rounded to bf16
+// before P V (the row sums l use the f32 P), and the sums run in a different order.
+// Launch: grid (ceil(t / 64), nh, b), 128 threads; entry points for hd 64 and hd 128.
+
+#define INGOT_MMA_BQ 64
+#define INGOT_MMA_BK 64
+// Shared-memory row padding (bf16 elements) so the fragment loads spread over the banks.
+#define INGOT_MMA_PAD 8
+
+__device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two f32 as a bf16x2 register: x0 in the low half (the lower column index).
+__device__ __forceinline__ u32 pack_bf16x2(float x0, float x1) {
+    return (u32)f32_to_bf16(x0).bits | ((u32)f32_to_bf16(x1).bits << 16);
+}
+
+// Two consecutive bf16 (even index) as one register.
+__device__ __forceinline__ u32 load_bf16x2(const unsigned short* p) {
+    return *reinterpret_cast<const u32*>(p);
+}
+
+template <int HD>
+__device__ __forceinline__ void attention_forward_mma_impl(bf16* out, float* lse, const bf16* q,
+                                                           const bf16* k, const bf16* v, u32 t,
+                                                           u32 nh, u32 nkv, float scale) {
+    constexpr int KS = HD / 16;  // k-steps of Q K^T
+    constexpr int DN = HD / 8;   // n-tiles of O
+    constexpr int KN = INGOT_MMA_BK / 8;  // n-tiles of S
+    __shared__ __align__(16) unsigned short ks[INGOT_MMA_BK][HD + INGOT_MMA_PAD];
+    __shared__ __align__(16) unsigned short vt[HD][INGOT_MMA_BK + INGOT_MMA_PAD];
+
+    const u32 h = blockIdx.y, bi = blockIdx.z;
+    const u32 q0 = blockIdx.x * INGOT_MMA_BQ;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 gid = lane >> 2, tig = lane & 3;
+    const u64 qw = (u64)nh * HD, kw = (u64)nkv * HD;
+    const u32 g = h / (nh / nkv);
+    const unsigned short* qs = reinterpret_cast<const unsigned short*>(q);
+    const unsigned short* kg = reinterpret_cast<const unsigned short*>(k);
+    const unsigned short* vg = reinterpret_cast<const unsigned short*>(v);
+
+    // This thread's two query rows and their Q fragments (zeros past t).
+    const u32 r0 = q0 + warp * 16 + gid, r1 = r0 + 8;
+    u32 qa[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        const u32 c = kk * 16 + tig * 2;
+        const u64 at0 = ((u64)bi * t + r0) * qw + (u64)h * HD + c;
+        const u64 at1 = ((u64)bi * t + r1) * qw + (u64)h * HD + c;
+        qa[kk][0] = r0 < t ? load_bf16x2(qs + at0) : 0u;
+        qa[kk][1] = r1 < t ? load_bf16x2(qs + at1) : 0u;
+        qa[kk][2] = r0 < t ? load_bf16x2(qs + at0 + 8) : 0u;
+        qa[kk][3] = r1 < t ? load_bf16x2(qs + at1 + 8) : 0u;
+    }
+
+    float o[DN][4];
+#pragma unroll
+    for (int dn = 0; dn < DN; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+    float m0 = INGOT_NEG_INF, m1 = INGOT_NEG_INF, l0 = 0.0f, l1 = 0.0f;
+
+    const u32 last_tile = (min(q0 + INGOT_MMA_BQ, t) - 1) / INGOT_MMA_BK;
+    for (u32 kt = 0; kt <= last_tile; ++kt) {
+        const u32 j0 = kt * INGOT_MMA_BK;
+        __syncthreads();  // the previous tile is no longer read
+        // Stage K [key][d] and V^T [d][key], two bf16 at a time; zeros past t.
+        for (u32 e = threadIdx.x; e < INGOT_MMA_BK * HD / 2; e += blockDim.x) {
+            const u32 key = e / (HD / 2), d = (e % (HD / 2)) * 2;
+            u32 kv2 = 0u, vv2 = 0u;
+            if (j0 + key < t) {
+                const u64 at = ((u64)bi * t + j0 + key) * kw + (u64)g * HD + d;
+                kv2 = load_bf16x2(kg + at);
+                vv2 = load_bf16x2(vg + at);
+            }
+            *reinterpret_cast<u32*>(&ks[key][d]) = kv2;
+            vt[d][key] = (unsigned short)(vv2 & 0xffffu);
+            vt[d + 1][key] = (unsigned short)(vv2 >> 16);
+        }
+        __syncthreads();
+
+        // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
+        float s[KN][4];
+#pragma unroll
+        for (int nt = 0; nt < KN; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                const unsigned short* kr = &ks[nt * 8 + gid][kk * 16 + tig * 2];
+                mma_bf16_16816(s[nt], qa[kk], load_bf16x2(kr), load_bf16x2(kr + 8));
+            }
+        }
+        // Scale, causal mask, and this tile's row maxima.
+        float tm0 = INGOT_NEG_INF, tm1 = INGOT_NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < KN; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const u32 j = j0 + nt * 8 + tig * 2 + e;
+                s[nt][e] = j <= r0 ? s[nt][e] * scale : INGOT_NEG_INF;
+                s[nt][2 + e] = j <= r1 ? s[nt][2 + e] * scale : INGOT_NEG_INF;
+                tm0 = fmaxf(tm0, s[nt][e]);
+                tm1 = fmaxf(tm1, s[nt][2 + e]);
+            }
+        }
+        // The four threads of a group hold one row between them.
+        tm0 = fmaxf(tm0, __shfl_xor_sync(INGOT_FULL_MASK, tm0, 1));
+        tm0 = fmaxf(tm0, __shfl_xor_sync(INGOT_FULL_MASK, tm0, 2));
+        tm1 = fmaxf(tm1, __shfl_xor_sync(INGOT_FULL_MASK, tm1, 1));
+        tm1 = fmaxf(tm1, __shfl_xor_sync(INGOT_FULL_MASK, tm1, 2));
+        // Key 0 is in tile 0 and j = 0 <= i for every row, so both maxima are finite.
+        const float n0 = fmaxf(m0, tm0), n1 = fmaxf(m1, tm1);
+        const float c0 = expf(m0 - n0), c1 = expf(m1 - n1);  // 0 on the first tile
+        l0 *= c0;
+        l1 *= c1;
+#pragma unroll
+        for (int dn = 0; dn < DN; ++dn) {
+            o[dn][0] *= c0;
+            o[dn][1] *= c0;
+            o[dn][2] *= c1;
+            o[dn][3] *= c1;
+        }
+        m0 = n0;
+        m1 = n1;
+        // P = exp(S - m) in f32 for l, in bf16 for P V.
+        u32 pa[KN / 2][4];
+#pragma unroll
+        for (int nt = 0; nt < KN; ++nt) {
+            const float p0 = expf(s[nt][0] - n0), p1 = expf(s[nt][1] - n0);
+            const float p2 = expf(s[nt][2] - n1), p3 = expf(s[nt][3] - n1);
+            l0 += p0 + p1;
+            l1 += p2 + p3;
+            pa[nt / 2][(nt & 1) * 2 + 0] = pack_bf16x2(p0, p1);
+            pa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16x2(p2, p3);
+        }
+        // O += P V over the tile's keys, 16 at a time.
+#pragma unroll
+        for (int kk = 0; kk < KN / 2; ++kk) {
+#pragma unroll
+            for (int dn = 0; dn < DN; ++dn) {
+                const unsigned short* vr = &vt[dn * 8 + gid][kk * 16 + tig * 2];
+                mma_bf16_16816(o[dn], pa[kk], load_bf16x2(vr), load_bf16x2(vr + 8));
+            }
+        }
+    }
+
+    // Full row sums, then O / l and lse = m + ln(l).
+    l0 += __shfl_xor_sync(INGOT_FULL_MASK, l0, 1);
+    l0 += __shfl_xor_sync(INGOT_FULL_MASK, l0, 2);
+    l1 += __shfl_xor_sync(INGOT_FULL_MASK, l1, 1);
+    l1 += __shfl_xor_sync(INGOT_FULL_MASK, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    u32* out2 = reinterpret_cast<u32*>(out);
+#pragma unroll
+    for (int dn = 0; dn < DN; ++dn) {
+        const u32 c = dn * 8 + tig * 2;
+        if (r0 < t)
+            out2[(((u64)bi * t + r0) * qw + (u64)h * HD + c) / 2] =
+                pack_bf16x2(o[dn][0] * inv0, o[dn][1] * inv0);
+        if (r1 < t)
+            out2[(((u64)bi * t + r1) * qw + (u64)h * HD + c) / 2] =
+                pack_bf16x2(o[dn][2] * inv1, o[dn][3] * inv1);
+    }
+    if (tig == 0) {
+        if (r0 < t) lse[((u64)bi * nh + h) * t + r0] = m0 + logf(l0);
+        if (r1 < t) lse[((u64)bi * nh + h) * t + r1] = m1 + logf(l1);
+    }
+}
+
+// One entry point per head dim: each instantiation has its own static shared memory (36 KB at
+// hd 128), and one kernel holding both would exceed the 48 KB static limit.
+extern "C" __global__ void __launch_bounds__(128)
+    attention_forward_mma_hd64_bf16(bf16* out, float* lse, const bf16* q, const bf16* k,
+                                    const bf16* v, u32 t, u32 nh, u32 nkv, float scale) {
+    attention_forward_mma_impl<64>(out, lse, q, k, v, t, nh, nkv, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_forward_mma_hd128_bf16(bf16* out, float* lse, const bf16* q, const bf16* k,
+                                     const bf16* v, u32 t, u32 nh, u32 nkv, float scale) {
+    attention_forward_mma_impl<128>(out, lse, q, k, v, t, nh, nkv, scale);
+}

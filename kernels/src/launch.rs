@@ -41,6 +41,10 @@ pub const ROW_BLOCK: u32 = 512;
 pub const ATTENTION_BLOCK: u32 = 128;
 /// Largest head dimension the attention kernels support (`INGOT_ATTN_MAX_HD`).
 pub const ATTENTION_MAX_HD: usize = 256;
+/// Head dims of the tensor-core attention forward (one entry point each).
+pub const ATTENTION_MMA_HEAD_DIMS: [usize; 2] = [64, 128];
+/// Query rows per block of the tensor-core attention forward (`INGOT_MMA_BQ`).
+pub const ATTENTION_MMA_ROWS: u32 = 64;
 /// Elements per block of `grad_norm_partials` (a fixed chunk, so the sum order is fixed).
 pub const GRAD_NORM_CHUNK: u32 = 1 << 14;
 /// Target value of an ignored cross-entropy row (`INGOT_IGNORE_TARGET`).
@@ -607,6 +611,61 @@ impl Gpu {
     /// `attention_backward_delta_*` (`delta[b, nh, t] = rowsum(dout * out)`, `b*nh*t` warps),
     /// `attention_backward_dq_*` (`b*nh*t` warps) and `attention_backward_dkv_*` (`b*nkv*t`
     /// warps). Overwrites `dq`, `dk`, `dv`; `delta` is f32 scratch of `b*nh*t`.
+    /// Whether [`Gpu::attention_forward_mma`] takes this storage type and head dim.
+    pub fn attention_mma_supported<T: Storage>(hd: usize) -> bool {
+        T::SUFFIX == "bf16" && ATTENTION_MMA_HEAD_DIMS.contains(&hd)
+    }
+
+    /// The forward pass of [`Gpu::attention_forward`] on tensor cores
+    /// (`attention_forward_mma_hd{64,128}_bf16`): the same `out` and `lse`, within bf16
+    /// rounding (P is rounded to bf16 before `P V`). bf16 storage and head dims 64 and 128
+    /// only ([`Gpu::attention_mma_supported`]); grid `(ceil(t / 64), nh, b)` of 128 threads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward_mma<T: Storage>(
+        &self,
+        out: &mut CudaSlice<T>,
+        lse: &mut CudaSlice<f32>,
+        q: &CudaSlice<T>,
+        k: &CudaSlice<T>,
+        v: &CudaSlice<T>,
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Result<(), Error> {
+        if !Self::attention_mma_supported::<T>(hd) {
+            return invalid(format!(
+                "attention_forward_mma: {} storage with head dim {hd} (bf16 with head dim 64 or 128 only)",
+                T::SUFFIX
+            ));
+        }
+        let [_, t32, nh32, nkv32, _] =
+            Self::attention_shapes(q.len(), k.len(), v.len(), b, t, nh, nkv, hd)?;
+        check_len("attention out", out.len(), q.len())?;
+        check_len("attention lse", lse.len(), b * nh * t)?;
+        if b * t == 0 {
+            return Ok(());
+        }
+        // Grid y and z are limited to 65,535.
+        if nh > 65_535 || b > 65_535 {
+            return invalid(format!(
+                "attention_forward_mma: b {b} or nh {nh} above 65535"
+            ));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (t32.div_ceil(ATTENTION_MMA_ROWS), nh32, b as u32),
+            block_dim: (ATTENTION_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let scale = Self::attention_scale(hd);
+        let name = format!("attention_forward_mma_hd{hd}_bf16");
+        self.launch(&name, cfg, |a| {
+            a.arg(out).arg(lse).arg(q).arg(k).arg(v);
+            a.arg(&t32).arg(&nh32).arg(&nkv32).arg(&scale);
+        })
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward<T: Storage>(
         &self,

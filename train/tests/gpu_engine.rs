@@ -19,7 +19,8 @@
 //!   `sqrt(v)`, so near-zero gradient entries can take slightly different steps).
 //!
 //! Checked in bf16 (weights and activations stored in bf16, f32 accumulation, f32 master
-//! weights, gradients and moments): the working weights are the master rounded to bf16; the
+//! weights, gradients and moments), for head dim 16 and for head dim 64 (where the attention
+//! forward runs on tensor cores): the working weights are the master rounded to bf16; the
 //! loss, logits and every gradient against the CPU engine run on those same rounded weights
 //! (so only the activations' rounding is measured); 200 AdamW steps with two accumulated
 //! micro-batches whose loss curve must track the CPU's; and a resume (a new engine from the
@@ -275,10 +276,25 @@ fn rounded_to_bf16(p: &[f32]) -> Vec<f32> {
     p.iter().map(|&x| Bf16::from_f32(x).to_f32()).collect()
 }
 
+/// A model with head dim 64 (dim 128, 2 heads over 1 kv head), where the bf16 engine's
+/// attention forward runs on tensor cores.
+fn config_hd64() -> ModelConfig {
+    ModelConfig {
+        dim: 128,
+        n_heads: 2,
+        n_kv_heads: 1,
+        ffn_dim: 192,
+        ..config(false)
+    }
+}
+
 #[test]
 fn bf16_loss_gradients_and_logits_match_the_cpu() {
-    for tie in [true, false] {
-        let c = config(tie);
+    for (tie, c) in [
+        (true, config(true)),
+        (false, config(false)),
+        (false, config_hd64()),
+    ] {
         let p = params(&c, 21);
         let Some(mut gpu) = cuda::<Bf16>(&c, p.clone()) else {
             return;

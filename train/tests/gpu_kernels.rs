@@ -616,6 +616,122 @@ fn attention_rejects_unsupported_shapes() {
         .is_err());
 }
 
+/// The tensor-core forward (`attention_forward_mma_hd{64,128}_bf16`) on bf16 inputs against
+/// the CPU op (out, 1e-2) and an f64 log-sum-exp of every row (lse, 1e-5), and against the
+/// warp-per-row bf16 kernel (out within 1e-2 of it, lse within 1e-5), with outputs poisoned.
+fn attention_mma(seed: u64, b: usize, t: usize, nh: usize, nkv: usize, hd: usize) {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(seed);
+    let tag = format!("b={b} t={t} nh={nh} nkv={nkv} hd={hd}");
+    let (nq, nk) = (b * t * nh * hd, b * t * nkv * hd);
+    let q = rounded::<Bf16>(&rng.vec(nq, 3.0));
+    let k = rounded::<Bf16>(&rng.vec(nk, 1.0));
+    let v = rounded::<Bf16>(&rng.vec(nk, 1.0));
+    let (q_d, k_d, v_d) = (
+        up(g, &store::<Bf16>(&q)),
+        up(g, &store::<Bf16>(&k)),
+        up(g, &store::<Bf16>(&v)),
+    );
+    let mut out = poisoned::<Bf16>(g, nq);
+    let mut lse = poisoned::<f32>(g, b * nh * t);
+    g.attention_forward_mma(&mut out, &mut lse, &q_d, &k_d, &v_d, b, t, nh, nkv, hd)
+        .unwrap();
+    let (out_gpu, lse_gpu) = (down(g, &out), g.download(&lse).unwrap());
+
+    let mut out_cpu = vec![0.0f32; nq];
+    let mut probs = vec![0.0f32; b * nh * t * t];
+    ops::attention_forward(&mut out_cpu, &mut probs, &q, &k, &v, b, t, nh, nkv, hd);
+    check(
+        &format!("attention_forward_mma out {tag}"),
+        &out_gpu,
+        &out_cpu,
+        BF16_TOL,
+    );
+    let lse_ref: Vec<f32> = (0..b * nh * t)
+        .map(|row| {
+            let (bh, i) = (row / t, row % t);
+            lse_host(&q, &k, (bh / nh, bh % nh, i), t, nh, nkv, hd) as f32
+        })
+        .collect();
+    check(
+        &format!("attention_forward_mma lse {tag}"),
+        &lse_gpu,
+        &lse_ref,
+        F32_TOL,
+    );
+
+    let mut out_simt = poisoned::<Bf16>(g, nq);
+    let mut lse_simt = poisoned::<f32>(g, b * nh * t);
+    g.attention_forward(
+        &mut out_simt,
+        &mut lse_simt,
+        &q_d,
+        &k_d,
+        &v_d,
+        b,
+        t,
+        nh,
+        nkv,
+        hd,
+    )
+    .unwrap();
+    check(
+        &format!("attention_forward_mma out vs warp-per-row {tag}"),
+        &out_gpu,
+        &down(g, &out_simt),
+        BF16_TOL,
+    );
+    check(
+        &format!("attention_forward_mma lse vs warp-per-row {tag}"),
+        &lse_gpu,
+        &g.download(&lse_simt).unwrap(),
+        F32_TOL,
+    );
+}
+
+/// attention_forward_mma at hd 64 and 128: GQA and plain heads, one token, lengths that are
+/// and are not multiples of the 64-row tiles, up to T = 1024.
+#[test]
+fn attention_mma_forward_bf16() {
+    attention_mma(30, 3, 1, 2, 1, 64);
+    attention_mma(31, 2, 100, 8, 2, 64);
+    attention_mma(32, 1, 33, 4, 4, 128);
+    attention_mma(33, 1, 1024, 8, 2, 64);
+    attention_mma(34, 1, 1024, 8, 2, 128);
+}
+
+/// The tensor-core forward refuses f32 storage and other head dims instead of running.
+#[test]
+fn attention_mma_rejects_unsupported_shapes() {
+    assert!(Gpu::attention_mma_supported::<Bf16>(64));
+    assert!(Gpu::attention_mma_supported::<Bf16>(128));
+    assert!(!Gpu::attention_mma_supported::<Bf16>(48));
+    assert!(!Gpu::attention_mma_supported::<f32>(64));
+    let Some(g) = gpu() else { return };
+    let z = |n: usize| g.zeros::<Bf16>(n).unwrap();
+    let mut lse = g.zeros::<f32>(2).unwrap();
+    let err = g
+        .attention_forward_mma(&mut z(96), &mut lse, &z(96), &z(96), &z(96), 1, 2, 1, 1, 48)
+        .unwrap_err();
+    println!("expected: {err}");
+    let zf = |n: usize| g.zeros::<f32>(n).unwrap();
+    let mut lse = zf(1);
+    assert!(g
+        .attention_forward_mma(
+            &mut zf(64),
+            &mut lse,
+            &zf(64),
+            &zf(64),
+            &zf(64),
+            1,
+            1,
+            1,
+            1,
+            64
+        )
+        .is_err());
+}
+
 // ---- swiglu -------------------------------------------------------------------------------------
 
 fn swiglu<T: Storage>(seed: u64) {

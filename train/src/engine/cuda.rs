@@ -362,6 +362,19 @@ fn to_storage<T: Storage>(params: &[f32]) -> Vec<T> {
     params.iter().map(|&p| T::from_f32(p)).collect()
 }
 
+/// Whether the attention forward uses the tensor-core kernel (`attention_forward_mma_*`):
+/// where it exists (bf16, head dims 64 and 128) unless `INGOT_ATTENTION=simt` asks for the
+/// warp-per-row kernel (`INGOT_ATTENTION=mma` or unset: the tensor-core one where it exists).
+/// The backward pass always uses the warp-per-row kernels, which read the same `lse`.
+fn attention_on_tensor_cores<T: Storage>(hd: usize) -> Result<bool> {
+    let supported = Gpu::attention_mma_supported::<T>(hd);
+    match std::env::var("INGOT_ATTENTION").as_deref() {
+        Err(_) | Ok("mma") => Ok(supported),
+        Ok("simt") => Ok(false),
+        Ok(other) => bail!("INGOT_ATTENTION={other:?}: expected mma or simt"),
+    }
+}
+
 /// Storage type names, for messages (`--dtype`).
 fn dtype_name<T: Storage>() -> &'static str {
     T::SUFFIX
@@ -400,6 +413,8 @@ pub struct CudaEngine<T: Storage = f32> {
     host_targets: Vec<u32>,
     /// Rows per LM-head slab ([`lm_head_rows`]).
     lm_head_rows: usize,
+    /// Whether the attention forward runs on tensor cores ([`attention_on_tensor_cores`]).
+    mma_attention: bool,
     step: u64,
 }
 
@@ -429,6 +444,7 @@ impl<T: Storage> CudaEngine<T> {
         let clip_scale = gpu.zeros::<f32>(1)?;
         gpu.synchronize()?;
         let lm_head_rows = lm_head_rows(config.vocab_size, size_of::<T>());
+        let mma_attention = attention_on_tensor_cores::<T>(config.head_dim())?;
         Ok(CudaEngine {
             config,
             layout,
@@ -452,6 +468,7 @@ impl<T: Storage> CudaEngine<T> {
             rope: None,
             host_targets: Vec::new(),
             lm_head_rows,
+            mma_attention,
             step: 0,
         })
     }
@@ -574,6 +591,7 @@ impl<T: Storage> CudaEngine<T> {
         let (nh, nkv) = (c.n_heads, c.n_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
         let eps = c.rms_norm_eps as f32;
+        let mma_attention = self.mma_attention;
         let (gpu, blas, l) = (&self.gpu, &self.blas, &self.layout);
         let p = &self.work.owner;
         let pv = &self.wv;
@@ -601,18 +619,33 @@ impl<T: Storage> CudaEngine<T> {
             linear(blas, &mut b.v, &b.h1, p, w.wv, n, d, kvd)?;
             gpu.rope(&mut *b.q, cos, sin, batch, seq, nh, hd, false)?;
             gpu.rope(&mut *b.k, cos, sin, batch, seq, nkv, hd, false)?;
-            gpu.attention_forward(
-                &mut *b.att,
-                &mut b.lse,
-                &b.q,
-                &b.k,
-                &b.v,
-                batch,
-                seq,
-                nh,
-                nkv,
-                hd,
-            )?;
+            if mma_attention {
+                gpu.attention_forward_mma(
+                    &mut *b.att,
+                    &mut b.lse,
+                    &b.q,
+                    &b.k,
+                    &b.v,
+                    batch,
+                    seq,
+                    nh,
+                    nkv,
+                    hd,
+                )?;
+            } else {
+                gpu.attention_forward(
+                    &mut *b.att,
+                    &mut b.lse,
+                    &b.q,
+                    &b.k,
+                    &b.v,
+                    batch,
+                    seq,
+                    nh,
+                    nkv,
+                    hd,
+                )?;
+            }
             linear(blas, &mut b.x_mid, &b.att, p, w.wo, n, qd, d)?;
             gpu.add_inplace(&mut *b.x_mid, &b.x_in)?;
             gpu.rmsnorm_forward(
@@ -807,8 +840,13 @@ impl<T: Storage> CudaEngine<T> {
 
 impl<T: Storage> Engine for CudaEngine<T> {
     fn name(&self) -> String {
+        let attention = if self.mma_attention {
+            "tensor-core attention"
+        } else {
+            "warp-per-row attention"
+        };
         format!(
-            "cuda:{} ({}, {})",
+            "cuda:{} ({}, {}, {attention})",
             self.gpu.info.ordinal,
             self.gpu.info.name,
             dtype_name::<T>()
