@@ -10,7 +10,8 @@
 // over the 32 lanes); keys are visited in order j = 0..i, and neither S nor P is ever stored.
 // Only the f32 log-sum-exp lse = m + ln(l) per row, [b, nh, t], is saved for the backward.
 // It is NOT tiled through shared memory (K/V are re-read from L2/global per query row):
-// correct and simple, not yet fast; a tiled tensor-core version is future work.
+// correct and simple, not fast; it serves f32 storage, any head dim up to 256, and as the
+// reference of the tensor-core kernels further down (bf16, head dims 64 and 128).
 //
 // BACKWARD (recomputes P = exp(s * q.k - lse), never stores it):
 //
@@ -446,3 +447,298 @@ extern "C" __global__ void __launch_bounds__(128)
                                      const bf16* v, u32 t, u32 nh, u32 nkv, float scale) {
     attention_forward_mma_impl<128>(out, lse, q, k, v, t, nh, nkv, scale);
 }
+
+// ---- BACKWARD ON TENSOR CORES (bf16 storage, head dims 64 and 128) ---------------------------
+//
+// The same dq, dk, dv as attention_backward_dq_bf16 / _dkv_bf16 (P recomputed from the saved
+// lse, delta from attention_backward_delta_bf16), with mma.sync.m16n8k16 as in the forward.
+// Two kernels, so that every output row is written by one warp and no atomics are needed:
+//
+// attention_backward_dq_mma: a block of 4 warps takes 64 query rows of one (sequence, head);
+//   per key tile (BK keys, 0 ..= the diagonal), staged as K [key][d], V [key][d] and
+//   K^T [d][key]:  S = Q K^T,  P = exp(s S - lse) (0 where j > i),  dP = dO V^T,
+//   dS = P (dP - delta) s,  dQ += dS K.  Q and dO stay in registers as A fragments.
+//
+// attention_backward_dkv_mma: a block of 4 warps takes 64 key rows of one (sequence, kv
+//   head); for each query head of its group in order, and each query tile (BQ queries) from
+//   the diagonal to the end, staged as Q [i][d], Q^T [d][i], dO [i][d], dO^T [d][i] with the
+//   tile's lse and delta:  S^T = K Q^T,  P^T = exp(s S^T - lse) (0 where i < j or i >= t),
+//   dV += P^T dO,  dP^T = V dO^T,  dS^T = P^T (dP^T - delta) s,  dK += dS^T Q.
+//   K and V stay in registers as A fragments.
+//
+// Tiles are 64 wide at hd 64 and 32 wide at hd 128, so the static shared memory stays under
+// 48 KB. P and dS are rounded to bf16 before their products (f32 accumulation throughout).
+// Launch: grid (ceil(t / 64), nh, b) for dq and (ceil(t / 64), nkv, b) for dkv, 128 threads.
+
+template <int HD>
+struct MmaBwdTile {
+    static constexpr int N = HD == 64 ? 64 : 32;
+};
+
+// The 4 A-fragment registers of a 16 x 16 block of this warp's rows from global memory
+// (row-major, `ld` elements per row), for rows r0 and r0 + 8 (zeros where a row is >= t).
+__device__ __forceinline__ void load_a_frag(u32* a, const unsigned short* base, u64 ld, u32 r0,
+                                            u32 t, u32 col) {
+    const unsigned short* p0 = base + (u64)r0 * ld + col;
+    const unsigned short* p1 = base + (u64)(r0 + 8) * ld + col;
+    a[0] = r0 < t ? load_bf16x2(p0) : 0u;
+    a[1] = r0 + 8 < t ? load_bf16x2(p1) : 0u;
+    a[2] = r0 < t ? load_bf16x2(p0 + 8) : 0u;
+    a[3] = r0 + 8 < t ? load_bf16x2(p1 + 8) : 0u;
+}
+
+// Stages `rows` rows (from row `first` of a row-major [t][ld] slab at `src`, `HD` columns)
+// into sm [rows][HD + PAD] and, transposed, into smt [HD][rows + PAD]; zeros past t.
+template <int HD, int ROWS>
+__device__ __forceinline__ void stage_rows(unsigned short (*sm)[HD + INGOT_MMA_PAD],
+                                           unsigned short (*smt)[ROWS + INGOT_MMA_PAD],
+                                           const unsigned short* src, u64 ld, u32 first, u32 t) {
+    for (u32 e = threadIdx.x; e < ROWS * HD / 2; e += blockDim.x) {
+        const u32 r = e / (HD / 2), d = (e % (HD / 2)) * 2;
+        const u32 x = first + r < t ? load_bf16x2(src + (u64)(first + r) * ld + d) : 0u;
+        if (sm) *reinterpret_cast<u32*>(&sm[r][d]) = x;
+        if (smt) {
+            smt[d][r] = (unsigned short)(x & 0xffffu);
+            smt[d + 1][r] = (unsigned short)(x >> 16);
+        }
+    }
+}
+
+// Row-major [t][ld] slab of sequence `bi`, offset to head `h` (of width HD), as bf16 bits.
+template <int HD>
+__device__ __forceinline__ const unsigned short* head_slab(const bf16* x, u32 bi, u32 t,
+                                                           u64 ld, u32 h) {
+    return reinterpret_cast<const unsigned short*>(x) + (u64)bi * t * ld + (u64)h * HD;
+}
+
+template <int HD>
+__device__ __forceinline__ void attention_backward_dq_mma_impl(
+    bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v, const float* lse,
+    const float* delta, u32 t, u32 nh, u32 nkv, float scale) {
+    constexpr int BK = MmaBwdTile<HD>::N;
+    constexpr int KS = HD / 16, DN = HD / 8, KN = BK / 8;
+    __shared__ __align__(16) unsigned short ks[BK][HD + INGOT_MMA_PAD];
+    __shared__ __align__(16) unsigned short vs[BK][HD + INGOT_MMA_PAD];
+    __shared__ __align__(16) unsigned short kt_s[HD][BK + INGOT_MMA_PAD];
+
+    const u32 h = blockIdx.y, bi = blockIdx.z;
+    const u32 q0 = blockIdx.x * INGOT_MMA_BQ;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 gid = lane >> 2, tig = lane & 3;
+    const u64 qw = (u64)nh * HD, kw = (u64)nkv * HD;
+    const u32 g = h / (nh / nkv);
+    const unsigned short* qh = head_slab<HD>(q, bi, t, qw, h);
+    const unsigned short* doh = head_slab<HD>(dout, bi, t, qw, h);
+    const unsigned short* kg = head_slab<HD>(k, bi, t, kw, g);
+    const unsigned short* vg = head_slab<HD>(v, bi, t, kw, g);
+
+    const u32 r0 = q0 + warp * 16 + gid, r1 = r0 + 8;
+    u32 qa[KS][4], da[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        load_a_frag(qa[kk], qh, qw, r0, t, kk * 16 + tig * 2);
+        load_a_frag(da[kk], doh, qw, r0, t, kk * 16 + tig * 2);
+    }
+    const float* lse_h = lse + ((u64)bi * nh + h) * t;
+    const float* delta_h = delta + ((u64)bi * nh + h) * t;
+    const float lse0 = r0 < t ? lse_h[r0] : 0.0f, lse1 = r1 < t ? lse_h[r1] : 0.0f;
+    const float dl0 = r0 < t ? delta_h[r0] : 0.0f, dl1 = r1 < t ? delta_h[r1] : 0.0f;
+
+    float acc[DN][4];
+#pragma unroll
+    for (int dn = 0; dn < DN; ++dn) acc[dn][0] = acc[dn][1] = acc[dn][2] = acc[dn][3] = 0.0f;
+
+    const u32 last_tile = (min(q0 + INGOT_MMA_BQ, t) - 1) / BK;
+    for (u32 kt = 0; kt <= last_tile; ++kt) {
+        const u32 j0 = kt * BK;
+        __syncthreads();
+        stage_rows<HD, BK>(ks, kt_s, kg, kw, j0, t);
+        stage_rows<HD, BK>(vs, nullptr, vg, kw, j0, t);
+        __syncthreads();
+
+        float s[KN][4], dp[KN][4];
+#pragma unroll
+        for (int nt = 0; nt < KN; ++nt) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                const unsigned short* kr = &ks[nt * 8 + gid][kk * 16 + tig * 2];
+                const unsigned short* vr = &vs[nt * 8 + gid][kk * 16 + tig * 2];
+                mma_bf16_16816(s[nt], qa[kk], load_bf16x2(kr), load_bf16x2(kr + 8));
+                mma_bf16_16816(dp[nt], da[kk], load_bf16x2(vr), load_bf16x2(vr + 8));
+            }
+        }
+        // dS = P (dP - delta) s, as bf16 A fragments over the tile's keys.
+        u32 dsa[KN / 2][4];
+#pragma unroll
+        for (int nt = 0; nt < KN; ++nt) {
+            float ds[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const u32 i = e < 2 ? r0 : r1;
+                const u32 j = j0 + nt * 8 + tig * 2 + (e & 1);
+                const float p = j <= i ? expf(s[nt][e] * scale - (e < 2 ? lse0 : lse1)) : 0.0f;
+                ds[e] = p * (dp[nt][e] - (e < 2 ? dl0 : dl1)) * scale;
+            }
+            dsa[nt / 2][(nt & 1) * 2 + 0] = pack_bf16x2(ds[0], ds[1]);
+            dsa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16x2(ds[2], ds[3]);
+        }
+        // dQ += dS K.
+#pragma unroll
+        for (int kk = 0; kk < KN / 2; ++kk) {
+#pragma unroll
+            for (int dn = 0; dn < DN; ++dn) {
+                const unsigned short* kr = &kt_s[dn * 8 + gid][kk * 16 + tig * 2];
+                mma_bf16_16816(acc[dn], dsa[kk], load_bf16x2(kr), load_bf16x2(kr + 8));
+            }
+        }
+    }
+
+    u32* dq2 = reinterpret_cast<u32*>(dq);
+#pragma unroll
+    for (int dn = 0; dn < DN; ++dn) {
+        const u32 c = dn * 8 + tig * 2;
+        if (r0 < t)
+            dq2[(((u64)bi * t + r0) * qw + (u64)h * HD + c) / 2] =
+                pack_bf16x2(acc[dn][0], acc[dn][1]);
+        if (r1 < t)
+            dq2[(((u64)bi * t + r1) * qw + (u64)h * HD + c) / 2] =
+                pack_bf16x2(acc[dn][2], acc[dn][3]);
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void attention_backward_dkv_mma_impl(
+    bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+    const float* lse, const float* delta, u32 t, u32 nh, u32 nkv, float scale) {
+    constexpr int BQ = MmaBwdTile<HD>::N;
+    constexpr int KS = HD / 16, DN = HD / 8, QN = BQ / 8;
+    __shared__ __align__(16) unsigned short qs[BQ][HD + INGOT_MMA_PAD];
+    __shared__ __align__(16) unsigned short qt_s[HD][BQ + INGOT_MMA_PAD];
+    __shared__ __align__(16) unsigned short dos[BQ][HD + INGOT_MMA_PAD];
+    __shared__ __align__(16) unsigned short dot_s[HD][BQ + INGOT_MMA_PAD];
+    __shared__ float lse_s[BQ], delta_s[BQ];
+
+    const u32 g = blockIdx.y, bi = blockIdx.z;
+    const u32 k0 = blockIdx.x * INGOT_MMA_BQ;
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const u32 gid = lane >> 2, tig = lane & 3;
+    const u64 qw = (u64)nh * HD, kw = (u64)nkv * HD;
+    const u32 group = nh / nkv;
+    const unsigned short* kg = head_slab<HD>(k, bi, t, kw, g);
+    const unsigned short* vg = head_slab<HD>(v, bi, t, kw, g);
+
+    // This thread's two key rows and the K, V A fragments.
+    const u32 j0r = k0 + warp * 16 + gid, j1r = j0r + 8;
+    u32 ka[KS][4], va[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        load_a_frag(ka[kk], kg, kw, j0r, t, kk * 16 + tig * 2);
+        load_a_frag(va[kk], vg, kw, j0r, t, kk * 16 + tig * 2);
+    }
+    float dk_acc[DN][4], dv_acc[DN][4];
+#pragma unroll
+    for (int dn = 0; dn < DN; ++dn) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk_acc[dn][e] = dv_acc[dn][e] = 0.0f;
+    }
+
+    for (u32 hh = 0; hh < group; ++hh) {
+        const u32 h = g * group + hh;
+        const unsigned short* qh = head_slab<HD>(q, bi, t, qw, h);
+        const unsigned short* doh = head_slab<HD>(dout, bi, t, qw, h);
+        const float* lse_h = lse + ((u64)bi * nh + h) * t;
+        const float* delta_h = delta + ((u64)bi * nh + h) * t;
+        for (u32 i0 = (k0 / BQ) * BQ; i0 < t; i0 += BQ) {
+            __syncthreads();
+            stage_rows<HD, BQ>(qs, qt_s, qh, qw, i0, t);
+            stage_rows<HD, BQ>(dos, dot_s, doh, qw, i0, t);
+            for (u32 r = threadIdx.x; r < BQ; r += blockDim.x) {
+                lse_s[r] = i0 + r < t ? lse_h[i0 + r] : 0.0f;
+                delta_s[r] = i0 + r < t ? delta_h[i0 + r] : 0.0f;
+            }
+            __syncthreads();
+
+            float st[QN][4], dpt[QN][4];
+#pragma unroll
+            for (int nt = 0; nt < QN; ++nt) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+                for (int kk = 0; kk < KS; ++kk) {
+                    const unsigned short* qr = &qs[nt * 8 + gid][kk * 16 + tig * 2];
+                    const unsigned short* dr = &dos[nt * 8 + gid][kk * 16 + tig * 2];
+                    mma_bf16_16816(st[nt], ka[kk], load_bf16x2(qr), load_bf16x2(qr + 8));
+                    mma_bf16_16816(dpt[nt], va[kk], load_bf16x2(dr), load_bf16x2(dr + 8));
+                }
+            }
+            // P^T and dS^T as bf16 A fragments over the tile's queries.
+            u32 pa[QN / 2][4], dsa[QN / 2][4];
+#pragma unroll
+            for (int nt = 0; nt < QN; ++nt) {
+                float p[4], ds[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const u32 j = e < 2 ? j0r : j1r;
+                    const u32 col = nt * 8 + tig * 2 + (e & 1);
+                    const u32 i = i0 + col;
+                    p[e] = (i >= j && i < t) ? expf(st[nt][e] * scale - lse_s[col]) : 0.0f;
+                    ds[e] = p[e] * (dpt[nt][e] - delta_s[col]) * scale;
+                }
+                pa[nt / 2][(nt & 1) * 2 + 0] = pack_bf16x2(p[0], p[1]);
+                pa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16x2(p[2], p[3]);
+                dsa[nt / 2][(nt & 1) * 2 + 0] = pack_bf16x2(ds[0], ds[1]);
+                dsa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16x2(ds[2], ds[3]);
+            }
+            // dV += P^T dO, dK += dS^T Q.
+#pragma unroll
+            for (int kk = 0; kk < QN / 2; ++kk) {
+#pragma unroll
+                for (int dn = 0; dn < DN; ++dn) {
+                    const unsigned short* dr = &dot_s[dn * 8 + gid][kk * 16 + tig * 2];
+                    const unsigned short* qr = &qt_s[dn * 8 + gid][kk * 16 + tig * 2];
+                    mma_bf16_16816(dv_acc[dn], pa[kk], load_bf16x2(dr), load_bf16x2(dr + 8));
+                    mma_bf16_16816(dk_acc[dn], dsa[kk], load_bf16x2(qr), load_bf16x2(qr + 8));
+                }
+            }
+        }
+    }
+
+    u32* dk2 = reinterpret_cast<u32*>(dk);
+    u32* dv2 = reinterpret_cast<u32*>(dv);
+#pragma unroll
+    for (int dn = 0; dn < DN; ++dn) {
+        const u32 c = dn * 8 + tig * 2;
+        if (j0r < t) {
+            const u64 at = (((u64)bi * t + j0r) * kw + (u64)g * HD + c) / 2;
+            dk2[at] = pack_bf16x2(dk_acc[dn][0], dk_acc[dn][1]);
+            dv2[at] = pack_bf16x2(dv_acc[dn][0], dv_acc[dn][1]);
+        }
+        if (j1r < t) {
+            const u64 at = (((u64)bi * t + j1r) * kw + (u64)g * HD + c) / 2;
+            dk2[at] = pack_bf16x2(dk_acc[dn][2], dk_acc[dn][3]);
+            dv2[at] = pack_bf16x2(dv_acc[dn][2], dv_acc[dn][3]);
+        }
+    }
+}
+
+// The entry points' names are written out (not pasted together) so they can be found here.
+#define INGOT_ATTENTION_BWD_MMA(HD, DQ_NAME, DKV_NAME)                                    \
+    extern "C" __global__ void __launch_bounds__(128)                                     \
+        DQ_NAME(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,  \
+                const float* lse, const float* delta, u32 t, u32 nh, u32 nkv, float scale) { \
+        attention_backward_dq_mma_impl<HD>(dq, dout, q, k, v, lse, delta, t, nh, nkv,     \
+                                           scale);                                        \
+    }                                                                                     \
+    extern "C" __global__ void __launch_bounds__(128)                                     \
+        DKV_NAME(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,      \
+                 const bf16* v, const float* lse, const float* delta, u32 t, u32 nh,      \
+                 u32 nkv, float scale) {                                                  \
+        attention_backward_dkv_mma_impl<HD>(dk, dv, dout, q, k, v, lse, delta, t, nh, nkv, \
+                                            scale);                                       \
+    }
+INGOT_ATTENTION_BWD_MMA(64, attention_backward_dq_mma_hd64_bf16,
+                        attention_backward_dkv_mma_hd64_bf16)
+INGOT_ATTENTION_BWD_MMA(128, attention_backward_dq_mma_hd128_bf16,
+                        attention_backward_dkv_mma_hd128_bf16)

@@ -666,6 +666,100 @@ impl Gpu {
         })
     }
 
+    /// The backward pass of [`Gpu::attention_backward`] on tensor cores: `delta` by
+    /// `attention_backward_delta_bf16`, then `attention_backward_dq_mma_hd{64,128}_bf16`
+    /// (grid `(ceil(t / 64), nh, b)`) and `attention_backward_dkv_mma_hd{64,128}_bf16` (grid
+    /// `(ceil(t / 64), nkv, b)`), 128 threads each. The same dq, dk, dv within bf16 rounding
+    /// (P and dS are rounded to bf16 before their products); same limits as
+    /// [`Gpu::attention_forward_mma`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward_mma<T: Storage>(
+        &self,
+        dq: &mut CudaSlice<T>,
+        dk: &mut CudaSlice<T>,
+        dv: &mut CudaSlice<T>,
+        delta: &mut CudaSlice<f32>,
+        dout: &CudaSlice<T>,
+        out: &CudaSlice<T>,
+        lse: &CudaSlice<f32>,
+        q: &CudaSlice<T>,
+        k: &CudaSlice<T>,
+        v: &CudaSlice<T>,
+        b: usize,
+        t: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Result<(), Error> {
+        if !Self::attention_mma_supported::<T>(hd) {
+            return invalid(format!(
+                "attention_backward_mma: {} storage with head dim {hd} (bf16 with head dim 64 or 128 only)",
+                T::SUFFIX
+            ));
+        }
+        let [b32, t32, nh32, nkv32, hd32] =
+            Self::attention_shapes(q.len(), k.len(), v.len(), b, t, nh, nkv, hd)?;
+        check_len("attention dq", dq.len(), q.len())?;
+        check_len("attention dk", dk.len(), k.len())?;
+        check_len("attention dv", dv.len(), v.len())?;
+        check_len("attention dout", dout.len(), q.len())?;
+        check_len("attention out", out.len(), q.len())?;
+        check_len("attention lse", lse.len(), b * nh * t)?;
+        check_len("attention delta", delta.len(), b * nh * t)?;
+        if b * t == 0 {
+            return Ok(());
+        }
+        if nh > 65_535 || b > 65_535 {
+            return invalid(format!(
+                "attention_backward_mma: b {b} or nh {nh} above 65535"
+            ));
+        }
+        let scale = Self::attention_scale(hd);
+        self.launch(
+            "attention_backward_delta_bf16",
+            per_warp((b * nh * t) as u64)?,
+            |a| {
+                a.arg(&mut *delta).arg(out).arg(dout);
+                a.arg(&b32).arg(&t32).arg(&nh32).arg(&hd32);
+            },
+        )?;
+        let blocks = t32.div_ceil(ATTENTION_MMA_ROWS);
+        let grid = |heads: u32| LaunchConfig {
+            grid_dim: (blocks, heads, b32),
+            block_dim: (ATTENTION_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(
+            &format!("attention_backward_dq_mma_hd{hd}_bf16"),
+            grid(nh32),
+            |a| {
+                a.arg(dq)
+                    .arg(dout)
+                    .arg(q)
+                    .arg(k)
+                    .arg(v)
+                    .arg(lse)
+                    .arg(&*delta);
+                a.arg(&t32).arg(&nh32).arg(&nkv32).arg(&scale);
+            },
+        )?;
+        self.launch(
+            &format!("attention_backward_dkv_mma_hd{hd}_bf16"),
+            grid(nkv32),
+            |a| {
+                a.arg(dk)
+                    .arg(dv)
+                    .arg(dout)
+                    .arg(q)
+                    .arg(k)
+                    .arg(v)
+                    .arg(lse)
+                    .arg(&*delta);
+                a.arg(&t32).arg(&nh32).arg(&nkv32).arg(&scale);
+            },
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward<T: Storage>(
         &self,

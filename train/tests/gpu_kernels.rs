@@ -616,9 +616,11 @@ fn attention_rejects_unsupported_shapes() {
         .is_err());
 }
 
-/// The tensor-core forward (`attention_forward_mma_hd{64,128}_bf16`) on bf16 inputs against
-/// the CPU op (out, 1e-2) and an f64 log-sum-exp of every row (lse, 1e-5), and against the
-/// warp-per-row bf16 kernel (out within 1e-2 of it, lse within 1e-5), with outputs poisoned.
+/// The tensor-core kernels (`attention_{forward,backward_dq,backward_dkv}_mma_hd{64,128}_bf16`)
+/// on bf16 inputs against the CPU ops (out, dq, dk, dv: 1e-2) and an f64 log-sum-exp of every
+/// row (lse: 1e-5), and against the warp-per-row bf16 kernels on the same inputs (1e-2, lse
+/// 1e-5), every output poisoned first. The CPU backward uses its own forward's
+/// probabilities; the GPU ones the tensor-core forward's out and lse.
 fn attention_mma(seed: u64, b: usize, t: usize, nh: usize, nkv: usize, hd: usize) {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(seed);
@@ -687,12 +689,67 @@ fn attention_mma(seed: u64, b: usize, t: usize, nh: usize, nkv: usize, hd: usize
         &g.download(&lse_simt).unwrap(),
         F32_TOL,
     );
+
+    // Backward from the tensor-core forward's out and lse, both ways.
+    let dout = rounded::<Bf16>(&rng.vec(nq, 1.0));
+    let dout_d = up(g, &store::<Bf16>(&dout));
+    let mut grads = Vec::new();
+    for mma in [true, false] {
+        let (mut dq, mut dk, mut dv) = (
+            poisoned::<Bf16>(g, nq),
+            poisoned::<Bf16>(g, nk),
+            poisoned::<Bf16>(g, nk),
+        );
+        let mut delta = poisoned::<f32>(g, b * nh * t);
+        let backward = if mma {
+            Gpu::attention_backward_mma::<Bf16>
+        } else {
+            Gpu::attention_backward::<Bf16>
+        };
+        backward(
+            g, &mut dq, &mut dk, &mut dv, &mut delta, &dout_d, &out, &lse, &q_d, &k_d, &v_d, b, t,
+            nh, nkv, hd,
+        )
+        .unwrap();
+        grads.push([down(g, &dq), down(g, &dk), down(g, &dv)]);
+    }
+    let (mut dq_cpu, mut dk_cpu, mut dv_cpu) = (vec![0.0f32; nq], vec![0.0f32; nk], vec![0.0; nk]);
+    ops::attention_backward(
+        &mut dq_cpu,
+        &mut dk_cpu,
+        &mut dv_cpu,
+        &dout,
+        &probs,
+        &q,
+        &k,
+        &v,
+        b,
+        t,
+        nh,
+        nkv,
+        hd,
+    );
+    for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        let cpu = [&dq_cpu, &dk_cpu, &dv_cpu][i];
+        check(
+            &format!("attention_backward_mma {name} {tag}"),
+            &grads[0][i],
+            cpu,
+            BF16_TOL,
+        );
+        check(
+            &format!("attention_backward_mma {name} vs warp-per-row {tag}"),
+            &grads[0][i],
+            &grads[1][i],
+            BF16_TOL,
+        );
+    }
 }
 
-/// attention_forward_mma at hd 64 and 128: GQA and plain heads, one token, lengths that are
-/// and are not multiples of the 64-row tiles, up to T = 1024.
+/// The tensor-core attention at hd 64 and 128: GQA and plain heads, one token, lengths that
+/// are and are not multiples of the tiles, up to T = 1024.
 #[test]
-fn attention_mma_forward_bf16() {
+fn attention_mma_bf16() {
     attention_mma(30, 3, 1, 2, 1, 64);
     attention_mma(31, 2, 100, 8, 2, 64);
     attention_mma(32, 1, 33, 4, 4, 128);
@@ -700,7 +757,7 @@ fn attention_mma_forward_bf16() {
     attention_mma(34, 1, 1024, 8, 2, 128);
 }
 
-/// The tensor-core forward refuses f32 storage and other head dims instead of running.
+/// The tensor-core attention refuses f32 storage and other head dims instead of running.
 #[test]
 fn attention_mma_rejects_unsupported_shapes() {
     assert!(Gpu::attention_mma_supported::<Bf16>(64));
@@ -714,6 +771,26 @@ fn attention_mma_rejects_unsupported_shapes() {
         .attention_forward_mma(&mut z(96), &mut lse, &z(96), &z(96), &z(96), 1, 2, 1, 1, 48)
         .unwrap_err();
     println!("expected: {err}");
+    let (mut dq, mut dk, mut dv, mut delta) = (z(96), z(96), z(96), g.zeros::<f32>(2).unwrap());
+    assert!(g
+        .attention_backward_mma(
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &mut delta,
+            &z(96),
+            &z(96),
+            &lse,
+            &z(96),
+            &z(96),
+            &z(96),
+            1,
+            2,
+            1,
+            1,
+            48
+        )
+        .is_err());
     let zf = |n: usize| g.zeros::<f32>(n).unwrap();
     let mut lse = zf(1);
     assert!(g

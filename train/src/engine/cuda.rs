@@ -362,10 +362,10 @@ fn to_storage<T: Storage>(params: &[f32]) -> Vec<T> {
     params.iter().map(|&p| T::from_f32(p)).collect()
 }
 
-/// Whether the attention forward uses the tensor-core kernel (`attention_forward_mma_*`):
-/// where it exists (bf16, head dims 64 and 128) unless `INGOT_ATTENTION=simt` asks for the
-/// warp-per-row kernel (`INGOT_ATTENTION=mma` or unset: the tensor-core one where it exists).
-/// The backward pass always uses the warp-per-row kernels, which read the same `lse`.
+/// Whether attention (forward and backward) uses the tensor-core kernels
+/// (`attention_*_mma_*`): where they exist (bf16, head dims 64 and 128) unless
+/// `INGOT_ATTENTION=simt` asks for the warp-per-row kernels (`INGOT_ATTENTION=mma` or unset:
+/// the tensor-core ones where they exist).
 fn attention_on_tensor_cores<T: Storage>(hd: usize) -> Result<bool> {
     let supported = Gpu::attention_mma_supported::<T>(hd);
     match std::env::var("INGOT_ATTENTION").as_deref() {
@@ -413,7 +413,7 @@ pub struct CudaEngine<T: Storage = f32> {
     host_targets: Vec<u32>,
     /// Rows per LM-head slab ([`lm_head_rows`]).
     lm_head_rows: usize,
-    /// Whether the attention forward runs on tensor cores ([`attention_on_tensor_cores`]).
+    /// Whether attention runs on tensor cores ([`attention_on_tensor_cores`]).
     mma_attention: bool,
     step: u64,
 }
@@ -750,6 +750,7 @@ impl<T: Storage> CudaEngine<T> {
         let (n, d, f, hd) = (batch * seq, c.dim, c.ffn_dim, c.head_dim());
         let (nh, nkv) = (c.n_heads, c.n_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
+        let mma_attention = self.mma_attention;
         let (gpu, blas, l) = (&self.gpu, &self.blas, &self.layout);
         let p = &self.work.owner;
         let g = &mut self.grads.owner;
@@ -790,7 +791,13 @@ impl<T: Storage> CudaEngine<T> {
             )?;
             gpu.add_inplace(&mut *a.dx2, &a.dx)?; // a.dx2: gradient w.r.t. x_mid
             linear_back(blas, &mut a.datt, g, p, o.wo, &a.dx2, &b.att, n, qd, d)?;
-            gpu.attention_backward(
+            let attention_backward = if mma_attention {
+                Gpu::attention_backward_mma::<T>
+            } else {
+                Gpu::attention_backward::<T>
+            };
+            attention_backward(
+                gpu,
                 &mut *a.dq,
                 &mut *a.dk,
                 &mut *a.dv,
