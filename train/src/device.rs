@@ -41,6 +41,20 @@ pub fn default_dtype(device: &str) -> &'static str {
     }
 }
 
+/// The storage type a run on `device` uses: f32 off the GPU (the CPU engine has no other);
+/// on a GPU, the one asked for, else that of the run being resumed if it too ran on a GPU (a
+/// resume continues exactly), else bf16.
+pub fn effective_dtype(device: &str, asked: Option<&str>, resumed: Option<(&str, &str)>) -> String {
+    if !is_cuda(device) {
+        return "f32".into();
+    }
+    match (asked, resumed) {
+        (Some(d), _) => d.into(),
+        (None, Some((saved_device, saved_dtype))) if is_cuda(saved_device) => saved_dtype.into(),
+        _ => default_dtype(device).into(),
+    }
+}
+
 /// Builds the engine for `device` and `dtype`. Returns it with a notice to print, if any.
 pub fn create(
     device: &str,
@@ -109,6 +123,18 @@ mod tests {
         assert_eq!(default_dtype("cpu"), "f32");
         assert_eq!(default_dtype("auto"), "f32");
         assert!(!is_cuda("cudax") && is_cuda("cuda:0"));
+    }
+
+    #[test]
+    fn a_resumed_gpu_run_keeps_its_dtype_unless_told_otherwise() {
+        let f32_gpu_run = Some(("cuda", "f32"));
+        assert_eq!(effective_dtype("cuda", None, f32_gpu_run), "f32");
+        assert_eq!(effective_dtype("cuda:1", Some("bf16"), f32_gpu_run), "bf16");
+        // A CPU run moved to a GPU takes the GPU's default; off the GPU it is always f32.
+        assert_eq!(effective_dtype("cuda", None, Some(("cpu", "f32"))), "bf16");
+        assert_eq!(effective_dtype("cpu", None, Some(("cuda", "bf16"))), "f32");
+        assert_eq!(effective_dtype("auto", Some("bf16"), None), "f32");
+        assert_eq!(effective_dtype("cuda", None, None), "bf16");
     }
 
     #[test]

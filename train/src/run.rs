@@ -413,10 +413,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         log_every: args.log_every.unwrap_or(10),
         seed: args.seed.unwrap_or(0),
         device: device.clone(),
-        dtype: args
-            .dtype
-            .clone()
-            .unwrap_or_else(|| crate::device::default_dtype(&device).into()),
+        dtype: crate::device::effective_dtype(&device, args.dtype.as_deref(), None),
         init_from: args.init_from.clone(),
     };
 
@@ -475,7 +472,11 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         resumed.shards = config.shards.clone();
         resumed.out = config.out.clone();
         resumed.device = config.device.clone();
-        resumed.dtype = config.dtype.clone();
+        resumed.dtype = crate::device::effective_dtype(
+            &config.device,
+            args.dtype.as_deref(),
+            Some((&saved.device, &saved.dtype)),
+        );
         resumed.seed = state.seed;
         // The run may be lengthened (or shortened) deliberately.
         if args.steps.is_some() || args.epochs.is_some() || args.tokens.is_some() {
@@ -516,8 +517,10 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         check_memory(&model, config.batch_size, config.seq_len)?;
     }
     let params = loaded.unwrap_or_else(|| init_params(&model, &Layout::new(&model), config.seed));
-    let (mut engine, notice) =
-        crate::device::create(&config.device, &config.dtype, model.clone(), params)?;
+    // The dtype asked for, so that `--device cpu --dtype bf16` is refused and `auto` says that
+    // it trains in f32; config.dtype records the one used.
+    let asked = args.dtype.as_deref().unwrap_or(&config.dtype);
+    let (mut engine, notice) = crate::device::create(&config.device, asked, model.clone(), params)?;
     if let Some(opt) = optimizer_state {
         engine.set_optimizer_state(opt)?;
     }

@@ -13,10 +13,11 @@
 //! in the same kernel, so the forward pass reads weights in `T`.
 //!
 //! Memory: master weights, the working copy, gradients and both AdamW moments are flat device
-//! buffers in the model's [`Layout`] (4 + size_of T + 4 + 4 + 4 bytes per parameter),
-//! allocated once in [`CudaEngine::new`]. Activations live in two device arenas (`T` and f32
-//! statistics) sized for the largest micro-batch seen (in tokens); a smaller shape reuses
-//! them, so a warm step allocates no device memory.
+//! buffers in the model's [`Layout`], with the one-byte weight-decay mask (4 + size_of T + 4 +
+//! 4 + 4 + 1 bytes per parameter: 19 in bf16, 21 in f32, where the working copy duplicates
+//! the master), allocated once in [`CudaEngine::new`]. Activations live in two device arenas
+//! (`T` and f32 statistics) sized for the largest micro-batch seen (in tokens); a smaller
+//! shape reuses them, so a warm step allocates no device memory.
 //!
 //! The typed launchers of `ingot_kernels::launch` take whole `CudaSlice`s of exact lengths, so
 //! tensors inside a flat buffer (a norm's weight, the embedding's gradient, one slab of
@@ -1029,7 +1030,7 @@ mod tests {
                 },
             )
             .unwrap();
-            // Storage-type buffers: 11 per block and 15 outside; f32 statistics: 3 per block
+            // Storage-type buffers: 11 per block and 14 outside; f32 statistics: 3 per block
             // (rstd1, lse, rstd2) and 4 outside (rstd_f, losses, loss_sum, delta).
             assert_eq!(lens.len(), 11 * c.n_layers + 14);
             assert_eq!(lens_f32.len(), 3 * c.n_layers + 4);
