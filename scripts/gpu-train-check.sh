@@ -6,9 +6,11 @@
 #      steps 21-40 must equal run 1's bit for bit (same losses, norms and validation losses);
 #   3. on the CPU: the GPU's final validation loss must be within 5% of the CPU's (bf16
 #      against f32 over 40 steps), and both must have fallen below 80% of the first one;
-#   4. `train sample` loads the GPU run's best checkpoint.
-# Scripts/gpu-check.sh runs it with the bundle's binaries; DEVICE=cpu runs steps 1-2 on the
-# CPU too, to check this script on a machine without a GPU.
+#   4. `train sample` loads the GPU run's best checkpoint;
+#   5. a micro-batch whose activations cannot fit on the GPU is refused with one line and no
+#      run directory.
+# Scripts/gpu-check.sh runs it with the bundle's binaries; DEVICE=cpu runs steps 1-4 on the
+# CPU only, to check this script on a machine without a GPU.
 #
 # Usage: gpu-train-check.sh BIN_DIR WORK_DIR   (BIN_DIR holds prep, train, example-corpus)
 set -euo pipefail
@@ -71,4 +73,20 @@ PY
 echo "== 4. sample from the checkpoint"
 "$bin/train" sample --checkpoint "$work/straight/checkpoints/best" --prompt "The lantern" \
     --max-new-tokens 40
+
+if [ "$device" = cuda ]; then
+    echo "== 5. a micro-batch too large for the GPU is refused in one line, before the run starts"
+    # About 250 GB of activations (1,700 sequences of 256 tokens through 4 wide layers).
+    set +e
+    msg=$("$bin/train" --shards "$work/shards" --model tiny --dim 1024 --ffn-dim 16384 \
+        --n-heads 16 --n-kv-heads 16 --batch-size 1700 --steps 1 --no-eval --device cuda \
+        --quiet --out "$work/too-big" 2>&1)
+    rc=$?
+    set -e
+    echo "$msg"
+    if [ $rc -ne 1 ] || ! grep -q "^error: .*need .* GiB of GPU memory but .* is free on cuda:0; lower --batch-size" <<<"$msg" || [ -e "$work/too-big" ]; then
+        echo "FAIL: expected exit 1, one 'error: ... GiB of GPU memory ...' line and no run directory"
+        exit 1
+    fi
+fi
 echo "train end to end: PASS"

@@ -289,6 +289,30 @@ fn bad_inputs_are_refused_before_any_work() {
         "{msg}"
     );
     assert!(error_of(&shards, &out, &["--dtype", "f16"]).contains("expected bf16 or f32"));
+    // A 37.6e9-parameter model: refused before anything is allocated, on the CPU (model,
+    // optimizer state and activations) and for a GPU (the host's copy of the parameters).
+    let huge = [
+        "--dim",
+        "16384",
+        "--n-layers",
+        "20",
+        "--ffn-dim",
+        "16384",
+        "--n-heads",
+        "128",
+        "--n-kv-heads",
+        "128",
+    ];
+    let msg = error_of(&shards, &out, &huge);
+    assert!(
+        msg.contains("this model and micro-batch need about"),
+        "{msg}"
+    );
+    let msg = error_of(&shards, &out, &[&huge[..], &["--device", "cuda"]].concat());
+    assert!(
+        msg.contains("this model's parameters need about") && msg.contains("use a smaller model"),
+        "{msg}"
+    );
     assert!(error_of(&shards, &out, &["--n-heads", "3"]).contains("--n-heads"));
 
     // A damaged shard: a flipped payload byte is caught by --verify-data, a flipped header

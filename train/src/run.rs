@@ -132,11 +132,25 @@ fn check_hyperparameters(args: &TrainArgs, lr: f64) -> Result<()> {
     Ok(())
 }
 
-/// CPU engine: refuses a run whose model and micro-batch cannot fit in the memory this machine has
-/// available (Linux `/proc/meminfo`), instead of aborting on an allocation later. (The CUDA
-/// engine allocates device memory up front and reports a failed allocation as an error.)
-fn check_memory(model: &ModelConfig, batch: usize, seq: usize) -> Result<()> {
-    let need = crate::engine::cpu::memory_estimate(model, batch, seq);
+/// Refuses a run that cannot fit in the memory this machine has available (Linux
+/// `/proc/meminfo`), instead of aborting on an allocation later. On the CPU that is the
+/// model, its optimizer state and the activations of a micro-batch; with a GPU, the host
+/// keeps only the f32 parameters and their storage-type copy for the upload (the CUDA
+/// engine checks the device's memory itself, before allocating).
+fn check_memory(model: &ModelConfig, batch: usize, seq: usize, device: &str) -> Result<()> {
+    let (what, need, advice) = if crate::device::is_cuda(device) {
+        (
+            "this model's parameters need",
+            8 * model.checked_num_params(),
+            "use a smaller model",
+        )
+    } else {
+        (
+            "this model and micro-batch need",
+            crate::engine::cpu::memory_estimate(model, batch, seq),
+            "lower --batch-size or --seq-len (attention keeps batch × heads × seq² values per layer), or use a smaller model",
+        )
+    };
     let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find(|l| l.starts_with("MemAvailable:"))
@@ -148,7 +162,7 @@ fn check_memory(model: &ModelConfig, batch: usize, seq: usize) -> Result<()> {
         if need > avail {
             let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
             bail!(
-                "this model and micro-batch need about {:.1} GiB but {:.1} GiB of memory is available; lower --batch-size or --seq-len (attention keeps batch × heads × seq² values per layer), or use a smaller model",
+                "{what} about {:.1} GiB but {:.1} GiB of memory is available; {advice}",
                 gib(need),
                 gib(avail)
             );
@@ -513,9 +527,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         start = state;
     }
 
-    if !crate::device::is_cuda(&config.device) {
-        check_memory(&model, config.batch_size, config.seq_len)?;
-    }
+    check_memory(&model, config.batch_size, config.seq_len, &config.device)?;
     let params = loaded.unwrap_or_else(|| init_params(&model, &Layout::new(&model), config.seed));
     // The dtype asked for, so that `--device cpu --dtype bf16` is refused and `auto` says that
     // it trains in f32; config.dtype records the one used.
@@ -524,6 +536,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     if let Some(opt) = optimizer_state {
         engine.set_optimizer_state(opt)?;
     }
+    engine.prepare(config.batch_size, config.seq_len)?;
     if let Some(n) = notice {
         eprintln!("{n}");
     }

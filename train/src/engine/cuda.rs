@@ -357,6 +357,29 @@ fn linear_back<T: Storage>(
     Ok(())
 }
 
+/// Free memory on the engine's GPU, in bytes.
+fn free_memory(gpu: &Gpu) -> Result<u64> {
+    let (free, _total) = guarded("reading the device memory", || {
+        gpu.stream.context().mem_get_info()
+    })?
+    .map_err(|e| anyhow!("reading the device memory: {e:?}"))?;
+    Ok(free as u64)
+}
+
+/// Refuses an allocation of `need` bytes for `what` when only `free` bytes are free on
+/// `device`, with one line saying what to change, instead of failing inside the driver.
+fn fits(need: u64, free: u64, device: &str, what: &str, advice: &str) -> Result<()> {
+    if need > free {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        bail!(
+            "{what} need {:.2} GiB of GPU memory but {:.2} GiB is free on {device}; {advice}",
+            gib(need),
+            gib(free)
+        );
+    }
+    Ok(())
+}
+
 /// `params` rounded to the storage type on the host, with the device's rounding (nearest
 /// even), so the working copy equals what AdamW's `work` output would hold.
 fn to_storage<T: Storage>(params: &[f32]) -> Vec<T> {
@@ -431,6 +454,15 @@ impl<T: Storage> CudaEngine<T> {
         let blas = Blas::for_gpu(&gpu).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let stream = gpu.stream.clone();
         let n = layout.len();
+        // Master, working copy, gradients, two moments and the decay mask.
+        let state = n as u64 * (4 + size_of::<T>() as u64 + 4 + 4 + 4 + 1);
+        fits(
+            state,
+            free_memory(&gpu)?,
+            &format!("cuda:{ordinal}"),
+            "the model's weights, gradients and AdamW state",
+            "use a smaller model",
+        )?;
         let master = gpu.upload(&params)?;
         let work = DevBuf::from_slice(&stream, gpu.upload(&to_storage::<T>(&params))?)?;
         let grads = DevBuf::from_slice(&stream, gpu.zeros::<f32>(n)?)?;
@@ -494,6 +526,34 @@ impl<T: Storage> CudaEngine<T> {
         Ok(w.into_iter().map(Storage::to_f32).collect())
     }
 
+    /// Bytes that growing the arenas to `batch × seq` would allocate, and bytes of the arenas
+    /// it would free first (each arena that grows is freed, then allocated anew).
+    fn arena_growth(&self, batch: usize, seq: usize) -> (u64, u64) {
+        let (need, need_f32) = arena_len(&self.config, batch, seq, self.lm_head_rows);
+        let arenas = [
+            (
+                need,
+                self.arena.as_ref().map(|a| a.owner.len()),
+                size_of::<T>(),
+            ),
+            (need_f32, self.arena_f32.as_ref().map(|a| a.owner.len()), 4),
+            (
+                2 * batch * seq,
+                self.arena_u32.as_ref().map(|a| a.owner.len()),
+                4,
+            ),
+        ];
+        let (mut alloc, mut freed) = (0, 0);
+        for (need, have, bytes) in arenas {
+            let have = have.unwrap_or(0);
+            if need > have {
+                alloc += (need * bytes) as u64;
+                freed += (have * bytes) as u64;
+            }
+        }
+        (alloc, freed)
+    }
+
     /// Makes the activations of `batch × seq` current, growing the arenas (the only device
     /// allocations after `new`) when this shape needs more than any before.
     fn ensure_shape(&mut self, batch: usize, seq: usize) -> Result<()> {
@@ -505,6 +565,16 @@ impl<T: Storage> CudaEngine<T> {
             return Ok(());
         }
         self.shape = None;
+        let (alloc, freed) = self.arena_growth(batch, seq);
+        if alloc > 0 {
+            fits(
+                alloc,
+                free_memory(&self.gpu)? + freed,
+                &format!("cuda:{}", self.gpu.info.ordinal),
+                &format!("the activations of a micro-batch of {batch} × {seq} tokens"),
+                "lower --batch-size (raising --grad-accum keeps the tokens per step) or --seq-len",
+            )?;
+        }
         let stream = self.gpu.stream.clone();
         let c = &self.config;
         let n = batch * seq;
@@ -977,6 +1047,12 @@ impl<T: Storage> Engine for CudaEngine<T> {
         }
     }
 
+    /// Allocates the activations of micro-batches of `batch × seq` tokens now (the largest the
+    /// run uses), so that a run that does not fit is refused before it starts.
+    fn prepare(&mut self, batch: usize, seq: usize) -> Result<()> {
+        self.ensure_shape(batch, seq)
+    }
+
     /// Device memory in use on this engine's GPU (`total − free` from the driver, so all of
     /// the device's processes and the CUDA context count). A warm step allocates nothing, so
     /// after the first step this is the run's peak. `None` if the driver cannot say.
@@ -1044,6 +1120,24 @@ mod tests {
         // A smaller shape fits in a larger one's arenas.
         let (small, big) = (arena_len(&c, 2, 30, 256), arena_len(&c, 3, 40, 256));
         assert!(small.0 <= big.0 && small.1 <= big.1);
+    }
+
+    #[test]
+    fn memory_refusals_are_one_line_with_advice() {
+        assert!(fits(1 << 30, 2 << 30, "cuda:0", "x", "y").is_ok());
+        let msg = fits(
+            3 << 30,
+            1 << 30,
+            "cuda:1",
+            "the activations",
+            "lower --batch-size",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            msg,
+            "the activations need 3.00 GiB of GPU memory but 1.00 GiB is free on cuda:1; lower --batch-size"
+        );
     }
 
     #[test]

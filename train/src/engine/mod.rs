@@ -90,6 +90,11 @@ pub trait Engine: Send {
     fn set_params(&mut self, params: &[f32]) -> Result<()>;
     fn optimizer_state(&self) -> OptimizerState;
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;
+    /// Allocates what micro-batches of `batch × seq` tokens (the largest the run uses) need,
+    /// so that a run that cannot fit is refused before it starts. Nothing to do on the CPU.
+    fn prepare(&mut self, _batch: usize, _seq: usize) -> Result<()> {
+        Ok(())
+    }
     /// Accelerator memory in use, in bytes, for the metrics; `None` for the CPU.
     fn device_memory_used(&self) -> Option<u64> {
         None
