@@ -288,6 +288,42 @@ __device__ __forceinline__ u32 load_bf16x2(const unsigned short* p) {
     return *reinterpret_cast<const u32*>(p);
 }
 
+// The 4 A-fragment registers of a 16 x 16 block of this warp's rows from global memory
+// (row-major, `ld` elements per row), for rows r0 and r0 + 8 (zeros where a row is >= t).
+__device__ __forceinline__ void load_a_frag(u32* a, const unsigned short* base, u64 ld, u32 r0,
+                                            u32 t, u32 col) {
+    const unsigned short* p0 = base + (u64)r0 * ld + col;
+    const unsigned short* p1 = base + (u64)(r0 + 8) * ld + col;
+    a[0] = r0 < t ? load_bf16x2(p0) : 0u;
+    a[1] = r0 + 8 < t ? load_bf16x2(p1) : 0u;
+    a[2] = r0 < t ? load_bf16x2(p0 + 8) : 0u;
+    a[3] = r0 + 8 < t ? load_bf16x2(p1 + 8) : 0u;
+}
+
+// Stages `rows` rows (from row `first` of a row-major [t][ld] slab at `src`, `HD` columns)
+// into sm [rows][HD + PAD] and, transposed, into smt [HD][rows + PAD]; zeros past t.
+template <int HD, int ROWS>
+__device__ __forceinline__ void stage_rows(unsigned short (*sm)[HD + INGOT_MMA_PAD],
+                                           unsigned short (*smt)[ROWS + INGOT_MMA_PAD],
+                                           const unsigned short* src, u64 ld, u32 first, u32 t) {
+    for (u32 e = threadIdx.x; e < ROWS * HD / 2; e += blockDim.x) {
+        const u32 r = e / (HD / 2), d = (e % (HD / 2)) * 2;
+        const u32 x = first + r < t ? load_bf16x2(src + (u64)(first + r) * ld + d) : 0u;
+        if (sm) *reinterpret_cast<u32*>(&sm[r][d]) = x;
+        if (smt) {
+            smt[d][r] = (unsigned short)(x & 0xffffu);
+            smt[d + 1][r] = (unsigned short)(x >> 16);
+        }
+    }
+}
+
+// Row-major [t][ld] slab of sequence `bi`, offset to head `h` (of width HD), as bf16 bits.
+template <int HD>
+__device__ __forceinline__ const unsigned short* head_slab(const bf16* x, u32 bi, u32 t,
+                                                           u64 ld, u32 h) {
+    return reinterpret_cast<const unsigned short*>(x) + (u64)bi * t * ld + (u64)h * HD;
+}
+
 template <int HD>
 __device__ __forceinline__ void attention_forward_mma_impl(bf16* out, float* lse, const bf16* q,
                                                            const bf16* k, const bf16* v, u32 t,
@@ -304,23 +340,15 @@ __device__ __forceinline__ void attention_forward_mma_impl(bf16* out, float* lse
     const u32 gid = lane >> 2, tig = lane & 3;
     const u64 qw = (u64)nh * HD, kw = (u64)nkv * HD;
     const u32 g = h / (nh / nkv);
-    const unsigned short* qs = reinterpret_cast<const unsigned short*>(q);
-    const unsigned short* kg = reinterpret_cast<const unsigned short*>(k);
-    const unsigned short* vg = reinterpret_cast<const unsigned short*>(v);
+    const unsigned short* qh = head_slab<HD>(q, bi, t, qw, h);
+    const unsigned short* kg = head_slab<HD>(k, bi, t, kw, g);
+    const unsigned short* vg = head_slab<HD>(v, bi, t, kw, g);
 
     // This thread's two query rows and their Q fragments (zeros past t).
     const u32 r0 = q0 + warp * 16 + gid, r1 = r0 + 8;
     u32 qa[KS][4];
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-        const u32 c = kk * 16 + tig * 2;
-        const u64 at0 = ((u64)bi * t + r0) * qw + (u64)h * HD + c;
-        const u64 at1 = ((u64)bi * t + r1) * qw + (u64)h * HD + c;
-        qa[kk][0] = r0 < t ? load_bf16x2(qs + at0) : 0u;
-        qa[kk][1] = r1 < t ? load_bf16x2(qs + at1) : 0u;
-        qa[kk][2] = r0 < t ? load_bf16x2(qs + at0 + 8) : 0u;
-        qa[kk][3] = r1 < t ? load_bf16x2(qs + at1 + 8) : 0u;
-    }
+    for (int kk = 0; kk < KS; ++kk) load_a_frag(qa[kk], qh, qw, r0, t, kk * 16 + tig * 2);
 
     float o[DN][4];
 #pragma unroll
@@ -331,19 +359,9 @@ __device__ __forceinline__ void attention_forward_mma_impl(bf16* out, float* lse
     for (u32 kt = 0; kt <= last_tile; ++kt) {
         const u32 j0 = kt * INGOT_MMA_BK;
         __syncthreads();  // the previous tile is no longer read
-        // Stage K [key][d] and V^T [d][key], two bf16 at a time; zeros past t.
-        for (u32 e = threadIdx.x; e < INGOT_MMA_BK * HD / 2; e += blockDim.x) {
-            const u32 key = e / (HD / 2), d = (e % (HD / 2)) * 2;
-            u32 kv2 = 0u, vv2 = 0u;
-            if (j0 + key < t) {
-                const u64 at = ((u64)bi * t + j0 + key) * kw + (u64)g * HD + d;
-                kv2 = load_bf16x2(kg + at);
-                vv2 = load_bf16x2(vg + at);
-            }
-            *reinterpret_cast<u32*>(&ks[key][d]) = kv2;
-            vt[d][key] = (unsigned short)(vv2 & 0xffffu);
-            vt[d + 1][key] = (unsigned short)(vv2 >> 16);
-        }
+        // Stage K [key][d] and V^T [d][key]; zeros past t.
+        stage_rows<HD, INGOT_MMA_BK>(ks, nullptr, kg, kw, j0, t);
+        stage_rows<HD, INGOT_MMA_BK>(nullptr, vt, vg, kw, j0, t);
         __syncthreads();
 
         // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
@@ -474,42 +492,6 @@ template <int HD>
 struct MmaBwdTile {
     static constexpr int N = HD == 64 ? 64 : 32;
 };
-
-// The 4 A-fragment registers of a 16 x 16 block of this warp's rows from global memory
-// (row-major, `ld` elements per row), for rows r0 and r0 + 8 (zeros where a row is >= t).
-__device__ __forceinline__ void load_a_frag(u32* a, const unsigned short* base, u64 ld, u32 r0,
-                                            u32 t, u32 col) {
-    const unsigned short* p0 = base + (u64)r0 * ld + col;
-    const unsigned short* p1 = base + (u64)(r0 + 8) * ld + col;
-    a[0] = r0 < t ? load_bf16x2(p0) : 0u;
-    a[1] = r0 + 8 < t ? load_bf16x2(p1) : 0u;
-    a[2] = r0 < t ? load_bf16x2(p0 + 8) : 0u;
-    a[3] = r0 + 8 < t ? load_bf16x2(p1 + 8) : 0u;
-}
-
-// Stages `rows` rows (from row `first` of a row-major [t][ld] slab at `src`, `HD` columns)
-// into sm [rows][HD + PAD] and, transposed, into smt [HD][rows + PAD]; zeros past t.
-template <int HD, int ROWS>
-__device__ __forceinline__ void stage_rows(unsigned short (*sm)[HD + INGOT_MMA_PAD],
-                                           unsigned short (*smt)[ROWS + INGOT_MMA_PAD],
-                                           const unsigned short* src, u64 ld, u32 first, u32 t) {
-    for (u32 e = threadIdx.x; e < ROWS * HD / 2; e += blockDim.x) {
-        const u32 r = e / (HD / 2), d = (e % (HD / 2)) * 2;
-        const u32 x = first + r < t ? load_bf16x2(src + (u64)(first + r) * ld + d) : 0u;
-        if (sm) *reinterpret_cast<u32*>(&sm[r][d]) = x;
-        if (smt) {
-            smt[d][r] = (unsigned short)(x & 0xffffu);
-            smt[d + 1][r] = (unsigned short)(x >> 16);
-        }
-    }
-}
-
-// Row-major [t][ld] slab of sequence `bi`, offset to head `h` (of width HD), as bf16 bits.
-template <int HD>
-__device__ __forceinline__ const unsigned short* head_slab(const bf16* x, u32 bi, u32 t,
-                                                           u64 ld, u32 h) {
-    return reinterpret_cast<const unsigned short*>(x) + (u64)bi * t * ld + (u64)h * HD;
-}
 
 template <int HD>
 __device__ __forceinline__ void attention_backward_dq_mma_impl(

@@ -607,10 +607,6 @@ impl Gpu {
         })
     }
 
-    /// The attention backward, three launches (one warp per row each, blocks of 128):
-    /// `attention_backward_delta_*` (`delta[b, nh, t] = rowsum(dout * out)`, `b*nh*t` warps),
-    /// `attention_backward_dq_*` (`b*nh*t` warps) and `attention_backward_dkv_*` (`b*nkv*t`
-    /// warps). Overwrites `dq`, `dk`, `dv`; `delta` is f32 scratch of `b*nh*t`.
     /// Whether [`Gpu::attention_forward_mma`] takes this storage type and head dim.
     pub fn attention_mma_supported<T: Storage>(hd: usize) -> bool {
         T::SUFFIX == "bf16" && ATTENTION_MMA_HEAD_DIMS.contains(&hd)
@@ -666,6 +662,43 @@ impl Gpu {
         })
     }
 
+    /// What both attention backwards start with: every buffer's length checked against the
+    /// shape, then `delta[b, nh, t] = rowsum(dout * out)` (`attention_backward_delta_*`, one
+    /// warp per row). Returns the shape as u32 `[b, t, nh, nkv, hd]`, or `None` when there are
+    /// no rows (nothing to launch).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_delta<T: Storage>(
+        &self,
+        grads: [&CudaSlice<T>; 3],
+        delta: &mut CudaSlice<f32>,
+        dout: &CudaSlice<T>,
+        out: &CudaSlice<T>,
+        lse: &CudaSlice<f32>,
+        qkv: [&CudaSlice<T>; 3],
+        [b, t, nh, nkv, hd]: [usize; 5],
+    ) -> Result<Option<[u32; 5]>, Error> {
+        let [q, k, v] = qkv;
+        let dims = Self::attention_shapes(q.len(), k.len(), v.len(), b, t, nh, nkv, hd)?;
+        let [dq, dk, dv] = grads;
+        check_len("attention dq", dq.len(), q.len())?;
+        check_len("attention dk", dk.len(), k.len())?;
+        check_len("attention dv", dv.len(), v.len())?;
+        check_len("attention dout", dout.len(), q.len())?;
+        check_len("attention out", out.len(), q.len())?;
+        check_len("attention lse", lse.len(), b * nh * t)?;
+        check_len("attention delta", delta.len(), b * nh * t)?;
+        if b * t == 0 {
+            return Ok(None);
+        }
+        let [b32, t32, nh32, _, hd32] = dims;
+        let name = format!("attention_backward_delta_{}", T::SUFFIX);
+        self.launch(&name, per_warp((b * nh * t) as u64)?, |a| {
+            a.arg(&mut *delta).arg(out).arg(dout);
+            a.arg(&b32).arg(&t32).arg(&nh32).arg(&hd32);
+        })?;
+        Ok(Some(dims))
+    }
+
     /// The backward pass of [`Gpu::attention_backward`] on tensor cores: `delta` by
     /// `attention_backward_delta_bf16`, then `attention_backward_dq_mma_hd{64,128}_bf16`
     /// (grid `(ceil(t / 64), nh, b)`) and `attention_backward_dkv_mma_hd{64,128}_bf16` (grid
@@ -697,32 +730,25 @@ impl Gpu {
                 T::SUFFIX
             ));
         }
-        let [b32, t32, nh32, nkv32, hd32] =
-            Self::attention_shapes(q.len(), k.len(), v.len(), b, t, nh, nkv, hd)?;
-        check_len("attention dq", dq.len(), q.len())?;
-        check_len("attention dk", dk.len(), k.len())?;
-        check_len("attention dv", dv.len(), v.len())?;
-        check_len("attention dout", dout.len(), q.len())?;
-        check_len("attention out", out.len(), q.len())?;
-        check_len("attention lse", lse.len(), b * nh * t)?;
-        check_len("attention delta", delta.len(), b * nh * t)?;
-        if b * t == 0 {
-            return Ok(());
-        }
+        // Grid y and z are limited to 65,535.
         if nh > 65_535 || b > 65_535 {
             return invalid(format!(
                 "attention_backward_mma: b {b} or nh {nh} above 65535"
             ));
         }
+        let Some([b32, t32, nh32, nkv32, _]) = self.attention_backward_delta(
+            [&*dq, &*dk, &*dv],
+            delta,
+            dout,
+            out,
+            lse,
+            [q, k, v],
+            [b, t, nh, nkv, hd],
+        )?
+        else {
+            return Ok(());
+        };
         let scale = Self::attention_scale(hd);
-        self.launch(
-            "attention_backward_delta_bf16",
-            per_warp((b * nh * t) as u64)?,
-            |a| {
-                a.arg(&mut *delta).arg(out).arg(dout);
-                a.arg(&b32).arg(&t32).arg(&nh32).arg(&hd32);
-            },
-        )?;
         let blocks = t32.div_ceil(ATTENTION_MMA_ROWS);
         let grid = |heads: u32| LaunchConfig {
             grid_dim: (blocks, heads, b32),
@@ -760,6 +786,10 @@ impl Gpu {
         )
     }
 
+    /// The attention backward, three launches (one warp per row each, blocks of 128):
+    /// `attention_backward_delta_*` (`delta[b, nh, t] = rowsum(dout * out)`, `b*nh*t` warps),
+    /// `attention_backward_dq_*` (`b*nh*t` warps) and `attention_backward_dkv_*` (`b*nkv*t`
+    /// warps). Overwrites `dq`, `dk`, `dv`; `delta` is f32 scratch of `b*nh*t`.
     #[allow(clippy::too_many_arguments)]
     pub fn attention_backward<T: Storage>(
         &self,
@@ -779,25 +809,21 @@ impl Gpu {
         nkv: usize,
         hd: usize,
     ) -> Result<(), Error> {
-        let [b32, t32, nh32, nkv32, hd32] =
-            Self::attention_shapes(q.len(), k.len(), v.len(), b, t, nh, nkv, hd)?;
-        check_len("attention dq", dq.len(), q.len())?;
-        check_len("attention dk", dk.len(), k.len())?;
-        check_len("attention dv", dv.len(), v.len())?;
-        check_len("attention dout", dout.len(), q.len())?;
-        check_len("attention out", out.len(), q.len())?;
-        check_len("attention lse", lse.len(), b * nh * t)?;
-        check_len("attention delta", delta.len(), b * nh * t)?;
-        if b * t == 0 {
+        let Some([b32, t32, nh32, nkv32, hd32]) = self.attention_backward_delta(
+            [&*dq, &*dk, &*dv],
+            delta,
+            dout,
+            out,
+            lse,
+            [q, k, v],
+            [b, t, nh, nkv, hd],
+        )?
+        else {
             return Ok(());
-        }
+        };
         let scale = Self::attention_scale(hd);
         let s = T::SUFFIX;
         let q_rows = per_warp((b * nh * t) as u64)?;
-        self.launch(&format!("attention_backward_delta_{s}"), q_rows, |a| {
-            a.arg(&mut *delta).arg(out).arg(dout);
-            a.arg(&b32).arg(&t32).arg(&nh32).arg(&hd32);
-        })?;
         self.launch(&format!("attention_backward_dq_{s}"), q_rows, |a| {
             a.arg(dq)
                 .arg(dout)

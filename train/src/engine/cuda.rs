@@ -690,33 +690,24 @@ impl<T: Storage> CudaEngine<T> {
             linear(blas, &mut b.v, &b.h1, p, w.wv, n, d, kvd)?;
             gpu.rope(&mut *b.q, cos, sin, batch, seq, nh, hd, false)?;
             gpu.rope(&mut *b.k, cos, sin, batch, seq, nkv, hd, false)?;
-            if mma_attention {
-                gpu.attention_forward_mma(
-                    &mut *b.att,
-                    &mut b.lse,
-                    &b.q,
-                    &b.k,
-                    &b.v,
-                    batch,
-                    seq,
-                    nh,
-                    nkv,
-                    hd,
-                )?;
+            let attention_forward = if mma_attention {
+                Gpu::attention_forward_mma::<T>
             } else {
-                gpu.attention_forward(
-                    &mut *b.att,
-                    &mut b.lse,
-                    &b.q,
-                    &b.k,
-                    &b.v,
-                    batch,
-                    seq,
-                    nh,
-                    nkv,
-                    hd,
-                )?;
-            }
+                Gpu::attention_forward::<T>
+            };
+            attention_forward(
+                gpu,
+                &mut *b.att,
+                &mut b.lse,
+                &b.q,
+                &b.k,
+                &b.v,
+                batch,
+                seq,
+                nh,
+                nkv,
+                hd,
+            )?;
             linear(blas, &mut b.x_mid, &b.att, p, w.wo, n, qd, d)?;
             gpu.add_inplace(&mut *b.x_mid, &b.x_in)?;
             gpu.rmsnorm_forward(
