@@ -270,12 +270,19 @@ INGOT_ATTENTION(bf16, bf16)
 // Shared-memory row padding (bf16 elements) so the fragment loads spread over the banks.
 #define INGOT_MMA_PAD 8
 
+// bf16 mma.sync exists from sm_80 on. Older GPUs still compile this unit (its warp-per-row
+// kernels serve them); the host never launches the tensor-core kernels there
+// (`choose_attention` in the CUDA engine), and if one ran anyway it would trap.
 __device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
 }
 
 // Two f32 as a bf16x2 register: x0 in the low half (the lower column index).

@@ -43,8 +43,13 @@ pub const ATTENTION_BLOCK: u32 = 128;
 pub const ATTENTION_MAX_HD: usize = 256;
 /// Head dims of the tensor-core attention forward (one entry point each).
 pub const ATTENTION_MMA_HEAD_DIMS: [usize; 2] = [64, 128];
-/// Query rows per block of the tensor-core attention forward (`INGOT_MMA_BQ`).
+/// Query (or key) rows per block of the tensor-core attention kernels (`INGOT_MMA_BQ`).
 pub const ATTENTION_MMA_ROWS: u32 = 64;
+/// Threads per block of the tensor-core attention kernels: exactly 4 warps of 16 rows each
+/// (the kernels assume it; `__launch_bounds__(128)`).
+pub const ATTENTION_MMA_BLOCK: u32 = 128;
+/// Compute capability from which the tensor-core attention kernels run (bf16 `mma.sync`).
+pub const ATTENTION_MMA_MIN_MAJOR: i32 = 8;
 /// Elements per block of `grad_norm_partials` (a fixed chunk, so the sum order is fixed).
 pub const GRAD_NORM_CHUNK: u32 = 1 << 14;
 /// Target value of an ignored cross-entropy row (`INGOT_IGNORE_TARGET`).
@@ -636,6 +641,12 @@ impl Gpu {
                 T::SUFFIX
             ));
         }
+        if self.info.compute_capability.0 < ATTENTION_MMA_MIN_MAJOR {
+            return invalid(format!(
+                "attention_forward_mma: {} is sm_{}{}; bf16 tensor cores need sm_80 or newer",
+                self.info.name, self.info.compute_capability.0, self.info.compute_capability.1
+            ));
+        }
         let [_, t32, nh32, nkv32, _] =
             Self::attention_shapes(q.len(), k.len(), v.len(), b, t, nh, nkv, hd)?;
         check_len("attention out", out.len(), q.len())?;
@@ -651,7 +662,7 @@ impl Gpu {
         }
         let cfg = LaunchConfig {
             grid_dim: (t32.div_ceil(ATTENTION_MMA_ROWS), nh32, b as u32),
-            block_dim: (ATTENTION_BLOCK, 1, 1),
+            block_dim: (ATTENTION_MMA_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
         let scale = Self::attention_scale(hd);
@@ -730,6 +741,12 @@ impl Gpu {
                 T::SUFFIX
             ));
         }
+        if self.info.compute_capability.0 < ATTENTION_MMA_MIN_MAJOR {
+            return invalid(format!(
+                "attention_backward_mma: {} is sm_{}{}; bf16 tensor cores need sm_80 or newer",
+                self.info.name, self.info.compute_capability.0, self.info.compute_capability.1
+            ));
+        }
         // Grid y and z are limited to 65,535.
         if nh > 65_535 || b > 65_535 {
             return invalid(format!(
@@ -752,7 +769,7 @@ impl Gpu {
         let blocks = t32.div_ceil(ATTENTION_MMA_ROWS);
         let grid = |heads: u32| LaunchConfig {
             grid_dim: (blocks, heads, b32),
-            block_dim: (ATTENTION_BLOCK, 1, 1),
+            block_dim: (ATTENTION_MMA_BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
         self.launch(

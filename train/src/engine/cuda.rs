@@ -32,7 +32,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
-use ingot_kernels::launch::{AdamWHyper, Bf16, CudaSlice, Gpu, Storage};
+use ingot_kernels::launch::{AdamWHyper, Bf16, CudaSlice, Gpu, Storage, ATTENTION_MMA_MIN_MAJOR};
 use ingot_kernels::matmul::{Blas, CudaStream};
 
 use super::optim::{decay_mask, AdamW};
@@ -387,15 +387,19 @@ fn to_storage<T: Storage>(params: &[f32]) -> Vec<T> {
 }
 
 /// Whether attention (forward and backward) uses the tensor-core kernels
-/// (`attention_*_mma_*`): where they exist (bf16, head dims 64 and 128) unless
-/// `INGOT_ATTENTION=simt` asks for the warp-per-row kernels (`INGOT_ATTENTION=mma` or unset:
-/// the tensor-core ones where they exist).
-fn attention_on_tensor_cores<T: Storage>(hd: usize) -> Result<bool> {
-    let supported = Gpu::attention_mma_supported::<T>(hd);
-    match std::env::var("INGOT_ATTENTION").as_deref() {
-        Err(_) | Ok("mma") => Ok(supported),
-        Ok("simt") => Ok(false),
-        Ok(other) => bail!("INGOT_ATTENTION={other:?}: expected mma or simt"),
+/// (`attention_*_mma_*`), from `INGOT_ATTENTION` (`setting`) and whether they can run here
+/// (`supported`: bf16 storage, head dim 64 or 128, compute capability 8.0 or newer). Unset:
+/// wherever they can; `simt`: never (the warp-per-row kernels); `mma`: always, and an error
+/// where they cannot.
+fn choose_attention(setting: Option<&str>, supported: bool) -> Result<bool> {
+    match setting {
+        None => Ok(supported),
+        Some("simt") => Ok(false),
+        Some("mma") if supported => Ok(true),
+        Some("mma") => bail!(
+            "INGOT_ATTENTION=mma: the tensor-core attention needs --dtype bf16, a head dim of 64 or 128 and a GPU of compute capability 8.0 or newer; unset it to use the warp-per-row kernels"
+        ),
+        Some(other) => bail!("INGOT_ATTENTION={other:?}: expected mma or simt"),
     }
 }
 
@@ -437,7 +441,7 @@ pub struct CudaEngine<T: Storage = f32> {
     host_targets: Vec<u32>,
     /// Rows per LM-head slab ([`lm_head_rows`]).
     lm_head_rows: usize,
-    /// Whether attention runs on tensor cores ([`attention_on_tensor_cores`]).
+    /// Whether attention runs on tensor cores ([`choose_attention`]).
     mma_attention: bool,
     step: u64,
 }
@@ -477,7 +481,12 @@ impl<T: Storage> CudaEngine<T> {
         let clip_scale = gpu.zeros::<f32>(1)?;
         gpu.synchronize()?;
         let lm_head_rows = lm_head_rows(config.vocab_size, size_of::<T>());
-        let mma_attention = attention_on_tensor_cores::<T>(config.head_dim())?;
+        let setting = std::env::var("INGOT_ATTENTION").ok();
+        let mma_attention = choose_attention(
+            setting.as_deref(),
+            Gpu::attention_mma_supported::<T>(config.head_dim())
+                && gpu.info.compute_capability.0 >= ATTENTION_MMA_MIN_MAJOR,
+        )?;
         Ok(CudaEngine {
             config,
             layout,
@@ -1111,6 +1120,22 @@ mod tests {
         // A smaller shape fits in a larger one's arenas.
         let (small, big) = (arena_len(&c, 2, 30, 256), arena_len(&c, 3, 40, 256));
         assert!(small.0 <= big.0 && small.1 <= big.1);
+    }
+
+    #[test]
+    fn ingot_attention_picks_the_kernels() {
+        assert!(choose_attention(None, true).unwrap());
+        assert!(!choose_attention(None, false).unwrap());
+        assert!(!choose_attention(Some("simt"), true).unwrap());
+        assert!(choose_attention(Some("mma"), true).unwrap());
+        let msg = choose_attention(Some("mma"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("compute capability 8.0"), "{msg}");
+        let msg = choose_attention(Some("flash"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("expected mma or simt"), "{msg}");
     }
 
     #[test]
