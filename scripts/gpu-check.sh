@@ -24,17 +24,19 @@
 # unless the environment says otherwise, so the whole check fits in a 10-minute slot. Extra arguments after the bundle directory are
 # passed to every test executable (e.g. `attention` to filter, `--test-threads=1`).
 #
-# Usage: gpu-check.sh [--no-bench] [BUNDLE_DIR] [TEST ARGS...]
+# Usage: gpu-check.sh [--no-bench | --bench-only] [BUNDLE_DIR] [TEST ARGS...]
+#   (--bench-only skips steps 3 and 4, for a second call when one call cannot hold it all)
 #   BUNDLE_DIR defaults to the directory holding this script when it holds tests/ (a copy
 #   inside the bundle), else gpu-bundle/.
 set -uo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 BENCH=1
-if [ "${1:-}" = --no-bench ]; then
-    BENCH=0
-    shift
-fi
+TESTS=1
+case "${1:-}" in
+    --no-bench) BENCH=0; shift ;;
+    --bench-only) TESTS=0; shift ;;
+esac
 if [ $# -ge 1 ] && [ -d "$1" ]; then
     BUNDLE="$(cd "$1" && pwd)"
     shift
@@ -199,12 +201,12 @@ run() {
 }
 
 # The kernel compile test first (it needs NVRTC only), then the unit tests, then the GPU tests.
-for name in compile ingot_kernels gpu_kernels gpu_matmul gpu_engine; do
+[ "$TESTS" = 1 ] && for name in compile ingot_kernels gpu_kernels gpu_matmul gpu_engine; do
     exe="$BUNDLE/tests/$name"
     [ -x "$exe" ] || continue
     run "$name" "$LOGS/$name.log" "$exe" --nocapture "${TEST_ARGS[@]+"${TEST_ARGS[@]}"}"
 done
-for exe in "$BUNDLE"/tests/*; do
+[ "$TESTS" = 1 ] && for exe in "$BUNDLE"/tests/*; do
     name="$(basename "$exe")"
     case "$name" in compile|ingot_kernels|gpu_kernels|gpu_matmul|gpu_engine) continue ;; esac
     [ -x "$exe" ] && run "$name" "$LOGS/$name.log" "$exe" --nocapture "${TEST_ARGS[@]+"${TEST_ARGS[@]}"}"
@@ -215,7 +217,7 @@ for b in prep train; do
 done
 
 # The train binary end to end on the GPU: straight, stopped and resumed, against the CPU.
-if [ -x "$BUNDLE/gpu-train-check.sh" ]; then
+if [ "$TESTS" = 1 ] && [ -x "$BUNDLE/gpu-train-check.sh" ]; then
     run "train end to end" "$LOGS/train-e2e.log" "$BUNDLE/gpu-train-check.sh" "$BUNDLE/bin" "$WORK/train-e2e"
 fi
 
