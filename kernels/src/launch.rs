@@ -617,6 +617,28 @@ impl Gpu {
         T::SUFFIX == "bf16" && ATTENTION_MMA_HEAD_DIMS.contains(&hd)
     }
 
+    /// What both tensor-core attention launchers refuse: storage types and head dims without
+    /// an entry point, GPUs before sm_80, and grids past the y/z limit of 65,535 (heads, batch).
+    fn check_mma<T: Storage>(&self, op: &str, hd: usize, b: usize, nh: usize) -> Result<(), Error> {
+        if !Self::attention_mma_supported::<T>(hd) {
+            return invalid(format!(
+                "{op}: {} storage with head dim {hd} (bf16 with head dim 64 or 128 only)",
+                T::SUFFIX
+            ));
+        }
+        let (major, minor) = self.info.compute_capability;
+        if major < ATTENTION_MMA_MIN_MAJOR {
+            return invalid(format!(
+                "{op}: {} is sm_{major}{minor}; bf16 tensor cores need sm_80 or newer",
+                self.info.name
+            ));
+        }
+        if nh > 65_535 || b > 65_535 {
+            return invalid(format!("{op}: b {b} or nh {nh} above 65535"));
+        }
+        Ok(())
+    }
+
     /// The forward pass of [`Gpu::attention_forward`] on tensor cores
     /// (`attention_forward_mma_hd{64,128}_bf16`): the same `out` and `lse`, within bf16
     /// rounding (P is rounded to bf16 before `P V`). bf16 storage and head dims 64 and 128
@@ -635,30 +657,13 @@ impl Gpu {
         nkv: usize,
         hd: usize,
     ) -> Result<(), Error> {
-        if !Self::attention_mma_supported::<T>(hd) {
-            return invalid(format!(
-                "attention_forward_mma: {} storage with head dim {hd} (bf16 with head dim 64 or 128 only)",
-                T::SUFFIX
-            ));
-        }
-        if self.info.compute_capability.0 < ATTENTION_MMA_MIN_MAJOR {
-            return invalid(format!(
-                "attention_forward_mma: {} is sm_{}{}; bf16 tensor cores need sm_80 or newer",
-                self.info.name, self.info.compute_capability.0, self.info.compute_capability.1
-            ));
-        }
+        self.check_mma::<T>("attention_forward_mma", hd, b, nh)?;
         let [_, t32, nh32, nkv32, _] =
             Self::attention_shapes(q.len(), k.len(), v.len(), b, t, nh, nkv, hd)?;
         check_len("attention out", out.len(), q.len())?;
         check_len("attention lse", lse.len(), b * nh * t)?;
         if b * t == 0 {
             return Ok(());
-        }
-        // Grid y and z are limited to 65,535.
-        if nh > 65_535 || b > 65_535 {
-            return invalid(format!(
-                "attention_forward_mma: b {b} or nh {nh} above 65535"
-            ));
         }
         let cfg = LaunchConfig {
             grid_dim: (t32.div_ceil(ATTENTION_MMA_ROWS), nh32, b as u32),
@@ -735,24 +740,7 @@ impl Gpu {
         nkv: usize,
         hd: usize,
     ) -> Result<(), Error> {
-        if !Self::attention_mma_supported::<T>(hd) {
-            return invalid(format!(
-                "attention_backward_mma: {} storage with head dim {hd} (bf16 with head dim 64 or 128 only)",
-                T::SUFFIX
-            ));
-        }
-        if self.info.compute_capability.0 < ATTENTION_MMA_MIN_MAJOR {
-            return invalid(format!(
-                "attention_backward_mma: {} is sm_{}{}; bf16 tensor cores need sm_80 or newer",
-                self.info.name, self.info.compute_capability.0, self.info.compute_capability.1
-            ));
-        }
-        // Grid y and z are limited to 65,535.
-        if nh > 65_535 || b > 65_535 {
-            return invalid(format!(
-                "attention_backward_mma: b {b} or nh {nh} above 65535"
-            ));
-        }
+        self.check_mma::<T>("attention_backward_mma", hd, b, nh)?;
         let Some([b32, t32, nh32, nkv32, _]) = self.attention_backward_delta(
             [&*dq, &*dk, &*dv],
             delta,
