@@ -396,6 +396,20 @@ fn lse_host(
     m + scores.iter().map(|s| (s - m).exp()).sum::<f64>().ln()
 }
 
+/// The CPU reference backward: `[dq, dk, dv]` from `dout` and the forward's probabilities.
+fn cpu_attention_backward(
+    dout: &[f32],
+    probs: &[f32],
+    [q, k, v]: [&[f32]; 3],
+    [b, t, nh, nkv, hd]: [usize; 5],
+) -> [Vec<f32>; 3] {
+    let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+    ops::attention_backward(
+        &mut dq, &mut dk, &mut dv, dout, probs, q, k, v, b, t, nh, nkv, hd,
+    );
+    [dq, dk, dv]
+}
+
 #[allow(clippy::too_many_arguments)]
 fn attention<T: Storage>(seed: u64, b: usize, t: usize, nh: usize, nkv: usize, hd: usize) {
     let Some(g) = gpu() else { return };
@@ -471,22 +485,8 @@ fn attention<T: Storage>(seed: u64, b: usize, t: usize, nh: usize, nkv: usize, h
         hd,
     )
     .unwrap();
-    let (mut dq_cpu, mut dk_cpu, mut dv_cpu) = (vec![0.0f32; nq], vec![0.0f32; nk], vec![0.0; nk]);
-    ops::attention_backward(
-        &mut dq_cpu,
-        &mut dk_cpu,
-        &mut dv_cpu,
-        &dout,
-        &probs,
-        &q,
-        &k,
-        &v,
-        b,
-        t,
-        nh,
-        nkv,
-        hd,
-    );
+    let [dq_cpu, dk_cpu, dv_cpu] =
+        cpu_attention_backward(&dout, &probs, [&q, &k, &v], [b, t, nh, nkv, hd]);
     let grads_gpu = [down(g, &dq), down(g, &dk), down(g, &dv)];
     let grads_cpu = [&dq_cpu, &dk_cpu, &dv_cpu];
     // delta = rowsum(dout ⊙ out) of the GPU's own out: fully written and f32-exact-ish.
@@ -722,22 +722,8 @@ fn attention_mma(seed: u64, b: usize, t: usize, nh: usize, nkv: usize, hd: usize
         .unwrap();
         grads.push([down(g, &dq), down(g, &dk), down(g, &dv)]);
     }
-    let (mut dq_cpu, mut dk_cpu, mut dv_cpu) = (vec![0.0f32; nq], vec![0.0f32; nk], vec![0.0; nk]);
-    ops::attention_backward(
-        &mut dq_cpu,
-        &mut dk_cpu,
-        &mut dv_cpu,
-        &dout,
-        &probs,
-        &q,
-        &k,
-        &v,
-        b,
-        t,
-        nh,
-        nkv,
-        hd,
-    );
+    let [dq_cpu, dk_cpu, dv_cpu] =
+        cpu_attention_backward(&dout, &probs, [&q, &k, &v], [b, t, nh, nkv, hd]);
     for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
         let cpu = [&dq_cpu, &dk_cpu, &dv_cpu][i];
         check(
