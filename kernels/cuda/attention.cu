@@ -273,8 +273,12 @@ INGOT_ATTENTION(bf16, bf16)
 // bf16 mma.sync exists from sm_80 on. Older GPUs still compile this unit (its warp-per-row
 // kernels serve them); the host never launches the tensor-core kernels there
 // (`choose_attention` in the CUDA engine), and if one ran anyway it would trap.
+// Under the stand-in CUDA device (emulator/, which defines INGOT_EMU) the instruction has an
+// emulated body: a warp collective computing each lane's outputs by the same fragment layout.
 __device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u32 b1) {
-#if __CUDA_ARCH__ >= 800
+#if __CUDA_ARCH__ >= 800 && defined(INGOT_EMU)
+    ingot_emu_mma_m16n8k16_bf16_f32(c, a, b0, b1);
+#elif __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"

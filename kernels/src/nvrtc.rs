@@ -145,6 +145,17 @@ fn preload(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The minor version from which the loaded NVRTC is ingot's stand-in (`emulator/nvrtc`, which
+/// reports 13.9xyz): no real NVRTC has such a minor, so the CUBIN cache, keyed by the version,
+/// never mixes its modules with real CUBIN.
+pub const EMULATED_MINOR: i32 = 9000;
+
+/// Whether the loaded NVRTC is the stand-in of `emulator/nvrtc` (its "CUBIN" is an emulated
+/// module for the stand-in driver, not GPU code).
+pub fn is_emulated() -> Result<bool, Error> {
+    Ok(version()?.1 >= EMULATED_MINOR)
+}
+
 /// NVRTC's `(major, minor)` version.
 pub fn version() -> Result<(i32, i32), Error> {
     load()?;

@@ -22,7 +22,17 @@ pub struct DeviceInfo {
     pub device_count: usize,
 }
 
+/// How the stand-in CUDA device of `emulator/cuda` names itself: a device whose name starts
+/// so is the CPU emulation, not a GPU.
+pub const EMULATED_NAME_PREFIX: &str = "ingot emulated";
+
 impl DeviceInfo {
+    /// Whether this is the stand-in device (`emulator/`): kernels run on the CPU, results are
+    /// emulated, never GPU-verified.
+    pub fn is_emulated(&self) -> bool {
+        self.name.starts_with(EMULATED_NAME_PREFIX)
+    }
+
     /// The NVRTC architecture of this device, e.g. `sm_90`.
     pub fn arch(&self) -> String {
         format!(
