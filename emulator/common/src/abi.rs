@@ -5,7 +5,7 @@
 use std::ffi::c_char;
 
 /// `INGOT_EMU_ABI_VERSION` in `simt.h`.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// `ingot_emu_kernel_info`: one kernel's name and parameter list.
 #[repr(C)]
@@ -27,6 +27,10 @@ pub struct LaunchSpec {
     pub block: [u32; 3],
     pub params: *mut *mut std::ffi::c_void,
     pub seed: u64,
+    /// The fiber stacks: one per thread of the block at `stacks + i * stack_stride`, each with
+    /// its lowest page unmapped (a stack overflow faults).
+    pub stacks: *mut std::ffi::c_char,
+    pub stack_stride: u64,
     pub fault_block: [u32; 3],
     pub fault_thread: [u32; 3],
     pub fault_address: u64,

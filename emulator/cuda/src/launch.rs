@@ -95,6 +95,46 @@ fn refuse(kernel: &str, (code, why): (CuResult, String)) -> CuResult {
     code
 }
 
+/// Bytes of one fiber stack (one thread of a block), and the unmapped page below each.
+const STACK_BYTES: usize = 64 << 10;
+const GUARD_BYTES: usize = memory::PAGE;
+
+/// The fiber stacks of every launch (launches never overlap): one per possible thread of a
+/// block, mapped once, lazily backed by the host.
+fn stacks() -> Result<usize, CuResult> {
+    static STACKS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let base = STACKS.get_or_init(|| {
+        let stride = STACK_BYTES + GUARD_BYTES;
+        let len = stride * device::MAX_THREADS_PER_BLOCK as usize;
+        // SAFETY: a fresh anonymous mapping, owned by this static for the life of the process.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        for i in 0..device::MAX_THREADS_PER_BLOCK as usize {
+            // SAFETY: the guard page lies inside the mapping.
+            unsafe {
+                libc::mprotect(
+                    p.cast::<u8>().add(i * stride).cast(),
+                    GUARD_BYTES,
+                    libc::PROT_NONE,
+                )
+            };
+        }
+        Some(p as usize)
+    });
+    base.ok_or(OUT_OF_MEMORY)
+}
+
 fn seed(launch: u64) -> u64 {
     let base: u64 = std::env::var("INGOT_EMU_SEED")
         .ok()
@@ -138,11 +178,17 @@ fn fault_code(fault: Fault) -> CuResult {
 /// Runs the grid; a fault or a corrupted canary becomes the sticky error.
 unsafe fn run(f: &Function, s: &Shape, params: *mut *mut c_void) -> CuResult {
     let k = f.kernel();
+    let stacks = match stacks() {
+        Ok(p) => p,
+        Err(e) => return errors::fault(e, "cannot map the fiber stacks".into()),
+    };
     let mut spec = LaunchSpec {
         grid: s.grid,
         block: s.block,
         params,
         seed: seed(LAUNCHES.fetch_add(1, Ordering::Relaxed)),
+        stacks: stacks as *mut std::ffi::c_char,
+        stack_stride: (STACK_BYTES + GUARD_BYTES) as u64,
         fault_block: [0; 3],
         fault_thread: [0; 3],
         fault_address: 0,

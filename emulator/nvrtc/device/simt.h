@@ -37,7 +37,7 @@
 #include <type_traits>
 #include <utility>
 
-#define INGOT_EMU_ABI_VERSION 1u
+#define INGOT_EMU_ABI_VERSION 2u
 
 // ---- the module ABI (emulator/common/src/abi.rs has the same layouts) ---------------------
 
@@ -55,6 +55,11 @@ struct ingot_emu_launch_spec {
     uint32_t block[3];
     void** params;
     uint64_t seed;
+    // The driver's fiber stacks, shared by every module (launches never overlap): block.x *
+    // block.y * block.z of them, each stack_bytes long with its lowest page unmapped, at
+    // stacks + i * stack_stride.
+    char* stacks;
+    uint64_t stack_stride;
     // Filled on return when the launch faulted.
     uint32_t fault_block[3];
     uint32_t fault_thread[3];
@@ -72,7 +77,7 @@ enum ingot_emu_fault : int {
     INGOT_EMU_TRAP = 4,             // __trap()
     INGOT_EMU_DIVERGENT = 5,        // a warp collective not reached by every lane alike
     INGOT_EMU_DEADLOCK = 6,         // barriers that can never open
-    INGOT_EMU_STACK = 7,            // the fiber stacks could not be mapped
+    INGOT_EMU_STACK = 7,            // no fiber stacks were given
 };
 
 namespace ingot_emu {
@@ -110,8 +115,6 @@ struct Warp {
 };
 
 constexpr unsigned kMaxThreads = 1024;
-constexpr size_t kStackBytes = 64 << 10;
-constexpr size_t kPage = 4096;
 
 struct Block {
     uint3 idx;
@@ -126,7 +129,6 @@ inline void* sched_sp;      // the scheduler's saved stack pointer
 inline Block blk;           // the running block
 inline void (*entry)(void**);
 inline void** entry_params;
-inline char* stacks;        // kMaxThreads stacks, each with a guard page below it
 inline sigjmp_buf fault_jump;
 inline ingot_emu_launch_spec* spec;
 inline int fault_kind;
@@ -231,21 +233,9 @@ inline void yield(State state) {
     __builtin_unreachable();
 }
 
-// Maps the fiber stacks once per module: kMaxThreads stacks, a PROT_NONE page below each.
-inline bool map_stacks() {
-    if (stacks) return true;
-    const size_t each = kStackBytes + kPage;
-    void* p = mmap(nullptr, each * kMaxThreads, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) return false;
-    stacks = static_cast<char*>(p);
-    for (unsigned i = 0; i < kMaxThreads; ++i) mprotect(stacks + i * each, kPage, PROT_NONE);
-    return true;
-}
-
 // A fresh frame for ingot_emu_switch to "return" into fiber_main on thread i's stack.
 inline void* fresh_stack(unsigned i) {
-    char* top = stacks + (size_t)(i + 1) * (kStackBytes + kPage);
+    char* top = spec->stacks + (size_t)(i + 1) * spec->stack_stride;
     uint64_t* sp = reinterpret_cast<uint64_t*>(top) - 9;
     sp[0] = 0x037full << 32 | 0x1f80u;  // MXCSR (default), x87 control word (default)
     for (int r = 1; r <= 6; ++r) sp[r] = 0;  // r15 r14 r13 r12 rbx rbp
@@ -573,8 +563,8 @@ __attribute__((visibility("default"))) int ingot_emu_launch(uint32_t index,
     fault_kind = INGOT_EMU_OK;
     cur = nullptr;
     if (index >= kernel_count) return INGOT_EMU_TRAP;
-    if (!map_stacks()) {
-        snprintf(s->message, sizeof s->message, "cannot map %u fiber stacks", kMaxThreads);
+    if (!s->stacks || s->stack_stride % 16) {
+        snprintf(s->message, sizeof s->message, "no fiber stacks");
         return INGOT_EMU_STACK;
     }
     entry = invokers[index];
