@@ -20,11 +20,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaStream, CudaViewMut, LaunchArgs, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
-pub use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
+pub use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 
 use crate::nvrtc;
 use crate::probe::{self, DeviceInfo, ProbeError};
@@ -214,6 +214,73 @@ fn per_warp(rows: u64) -> Result<LaunchConfig, Error> {
     })
 }
 
+/// The bytes one kernel argument takes in the kernel's parameter list: a device pointer for a
+/// buffer or a view, the value's size for a scalar.
+pub trait ArgBytes {
+    const BYTES: usize;
+}
+
+impl<T> ArgBytes for &CudaSlice<T> {
+    const BYTES: usize = 8;
+}
+impl<T> ArgBytes for &mut CudaSlice<T> {
+    const BYTES: usize = 8;
+}
+impl<T> ArgBytes for &CudaView<'_, T> {
+    const BYTES: usize = 8;
+}
+impl<T> ArgBytes for &mut CudaViewMut<'_, T> {
+    const BYTES: usize = 8;
+}
+macro_rules! scalar_arg_bytes {
+    ($($t:ty),*) => { $(impl ArgBytes for &$t { const BYTES: usize = std::mem::size_of::<$t>(); })* };
+}
+scalar_arg_bytes!(u32, i32, u64, f32, f64);
+
+/// A kernel's argument list as a launcher builds it: cudarc's builder, and the size of each
+/// argument, checked against the kernel's own parameter list before the launch (the driver
+/// reads as many parameters as the kernel has, whatever was passed).
+pub struct Args<'a, 'b> {
+    builder: &'b mut LaunchArgs<'a>,
+    sizes: Vec<usize>,
+}
+
+impl<'a> Args<'a, '_> {
+    pub fn arg<A: ArgBytes>(&mut self, a: A) -> &mut Self
+    where
+        LaunchArgs<'a>: PushKernelArg<A>,
+    {
+        self.sizes.push(A::BYTES);
+        self.builder.arg(a);
+        self
+    }
+}
+
+/// The parameter sizes of `f` from `cuFuncGetParamInfo` (CUDA 12.4 and later), or `None` where
+/// the driver cannot say.
+fn param_sizes(f: &CudaFunction) -> Option<Vec<usize>> {
+    let cu = f.cu_function();
+    crate::guard::catch(|| {
+        let mut sizes = Vec::new();
+        for index in 0..=256 {
+            let (mut offset, mut size) = (0usize, 0usize);
+            // SAFETY: `cu` is a loaded function; two valid out-pointers.
+            let r = unsafe {
+                cudarc::driver::sys::cuFuncGetParamInfo(cu, index, &mut offset, &mut size)
+            };
+            match r {
+                cudarc::driver::sys::CUresult::CUDA_SUCCESS => sizes.push(size),
+                // One past the last parameter.
+                cudarc::driver::sys::CUresult::CUDA_ERROR_INVALID_VALUE => return Some(sizes),
+                _ => return None,
+            }
+        }
+        None
+    })
+    .ok()
+    .flatten()
+}
+
 /// The device, its compiled kernels and one stream.
 pub struct Gpu {
     /// What the probe found (name, `sm_XY`, memory, driver version).
@@ -222,7 +289,8 @@ pub struct Gpu {
     /// Every launch and copy runs on this stream, in order.
     pub stream: Arc<CudaStream>,
     _modules: Vec<Arc<CudaModule>>,
-    functions: HashMap<&'static str, CudaFunction>,
+    /// Each kernel and its parameter sizes (when the driver reports them).
+    functions: HashMap<&'static str, (CudaFunction, Option<Vec<usize>>)>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -255,7 +323,8 @@ impl Gpu {
             for &k in unit.kernels {
                 let f = guarded("cuModuleGetFunction", || module.load_function(k))
                     .map_err(|e| Error::MissingKernel(format!("{k} ({e})")))?;
-                functions.insert(k, f);
+                let sizes = param_sizes(&f);
+                functions.insert(k, (f, sizes));
             }
             modules.push(module);
         }
@@ -272,6 +341,7 @@ impl Gpu {
     pub fn function(&self, name: &str) -> Result<&CudaFunction, Error> {
         self.functions
             .get(name)
+            .map(|(f, _)| f)
             .ok_or_else(|| Error::MissingKernel(name.to_string()))
     }
 
@@ -280,19 +350,38 @@ impl Gpu {
         self.functions.len()
     }
 
-    /// Builds the argument list of kernel `name` with `args`, then launches it with `cfg`.
-    fn launch<'a>(
+    /// Builds the argument list of kernel `name` with `args`, checks it against the kernel's
+    /// parameter list (count and sizes, where the driver reports them), then launches it with
+    /// `cfg`. The typed launchers below are the way in; this is the checked door they share.
+    pub fn launch<'a>(
         &'a self,
         name: &str,
         cfg: LaunchConfig,
-        args: impl FnOnce(&mut LaunchArgs<'a>),
+        args: impl for<'b> FnOnce(&mut Args<'a, 'b>),
     ) -> Result<(), Error> {
-        let f = self.function(name)?;
+        let (f, expected) = self
+            .functions
+            .get(name)
+            .ok_or_else(|| Error::MissingKernel(name.to_string()))?;
+        let mut builder = self.stream.launch_builder(f);
+        let mut list = Args {
+            builder: &mut builder,
+            sizes: Vec::new(),
+        };
+        args(&mut list);
+        let passed = list.sizes;
+        if let Some(expected) = expected.as_ref().filter(|e| **e != passed) {
+            return invalid(format!(
+                "{name}: the launcher passes {} arguments of {passed:?} bytes, the kernel takes \
+                 {} of {expected:?} bytes",
+                passed.len(),
+                expected.len()
+            ));
+        }
         guarded("cuLaunchKernel", || {
-            let mut builder = self.stream.launch_builder(f);
-            args(&mut builder);
-            // SAFETY: every launcher passes exactly the kernel's parameters, in order and with
-            // the kernel's types, and has checked the buffer lengths against the shapes.
+            // SAFETY: the arguments match the kernel's parameter list (checked above where the
+            // driver reports it), and every launcher has checked the buffer lengths against the
+            // shapes.
             unsafe { builder.launch(cfg) }.map(|_| ())
         })
     }

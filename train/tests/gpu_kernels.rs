@@ -22,7 +22,8 @@
 use std::sync::OnceLock;
 
 use ingot_kernels::launch::{
-    AdamWHyper, Bf16, CudaSlice, DeviceRepr, Gpu, Storage, ATTENTION_MMA_MIN_MAJOR, IGNORE_TARGET,
+    AdamWHyper, Bf16, CudaSlice, DeviceRepr, Gpu, LaunchConfig, Storage, ATTENTION_MMA_MIN_MAJOR,
+    IGNORE_TARGET,
 };
 use ingot_train::engine::cpu::ops;
 use ingot_train::engine::optim::{adamw_step, global_norm, AdamW};
@@ -1318,6 +1319,41 @@ fn deterministic_runs() {
         "deterministic: {} outputs bitwise equal across two runs",
         first.len()
     );
+}
+
+/// A launch whose arguments do not match the kernel's parameter list (one too few, or a u32
+/// where the kernel takes a u64) is refused before it reaches the driver, which would read
+/// the parameters the kernel declares whatever was passed.
+#[test]
+fn launches_with_the_wrong_arguments_are_refused() {
+    let Some(g) = gpu() else { return };
+    let mut x = up(g, &[1.0f32; 8]);
+    let s = up(g, &[2.0f32]);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // scale_f32(float* x, const float* s, u64 n)
+    let e = g
+        .launch("scale_f32", cfg, |a| {
+            a.arg(&mut x).arg(&s);
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("the kernel takes 3"), "{e}");
+    let n32 = 8u32;
+    let e = g
+        .launch("scale_f32", cfg, |a| {
+            a.arg(&mut x).arg(&s).arg(&n32);
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("[8, 8, 4]"), "{e}");
+    let n = 8u64;
+    g.launch("scale_f32", cfg, |a| {
+        a.arg(&mut x).arg(&s).arg(&n);
+    })
+    .unwrap();
+    assert_eq!(down(g, &x), vec![2.0f32; 8]);
 }
 
 /// Describes the device (or says why it is skipped).

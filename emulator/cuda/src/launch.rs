@@ -210,15 +210,16 @@ unsafe fn run(f: &Function, s: &Shape, params: *mut *mut c_void) -> CuResult {
         );
     }
     if let Some((ptr, size, offset)) = memory::find_corruption() {
-        let place = if offset < 0 {
-            format!("{} bytes before", -offset)
+        let side = if offset < 0 {
+            "before its start"
         } else {
-            format!("{} bytes past the end of", offset - size as isize)
+            "past its end"
         };
         return errors::fault(
             ILLEGAL_ADDRESS,
             format!(
-                "kernel {} (grid {:?}, block {:?}) wrote {place} the allocation at {ptr:#x} ({size} bytes)",
+                "kernel {} (grid {:?}, block {:?}) wrote at offset {offset} of the {size}-byte \
+                 allocation at {ptr:#x}, {side}",
                 k.name, s.grid, s.block
             ),
         );

@@ -95,3 +95,15 @@ pub unsafe extern "C" fn cuGetErrorString(error: CuResult, out: *mut *const c_ch
     });
     SUCCESS
 }
+
+/// What `cuGetErrorString` says of `code` (for tests and messages of the stand-in itself).
+pub fn error_string(code: CuResult) -> String {
+    let mut p: *const c_char = std::ptr::null();
+    // SAFETY: a valid out-pointer; the string it receives lives for the process.
+    match unsafe { cuGetErrorString(code, &mut p) } {
+        SUCCESS if !p.is_null() => unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned(),
+        _ => format!("CUresult {code}"),
+    }
+}

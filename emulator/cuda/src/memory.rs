@@ -24,8 +24,10 @@ pub const PAGE: usize = 4096;
 pub const ALIGN: usize = 256;
 /// What a fresh buffer holds: NaN as f32 (0xffffffff) and as bf16 (0xffff).
 pub const UNINITIALISED: u8 = 0xff;
-/// What the slack around a buffer holds; a large finite f32/bf16 (-1.7e38) if read.
-pub const CANARY: u8 = 0xfe;
+/// What the slack around a buffer holds: one of these bytes, in turn from one allocation to
+/// the next, so that a kernel copying one buffer's slack into another's still changes it
+/// (each is a large finite f32/bf16 near -1.7e38 if read).
+pub const CANARIES: [u8; 4] = [0xfe, 0xfd, 0xfc, 0xfb];
 
 struct Allocation {
     /// Start of the mapping (the front guard page).
@@ -36,6 +38,7 @@ struct Allocation {
     size: usize,
     /// First byte after the tail slack (the back guard page).
     end: usize,
+    canary: u8,
 }
 
 impl Allocation {
@@ -77,6 +80,9 @@ pub fn allocate(size: usize) -> Result<u64, CuResult> {
     if base == libc::MAP_FAILED {
         return Err(OUT_OF_MEMORY);
     }
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let canary =
+        CANARIES[COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % CANARIES.len()];
     let base = base as usize;
     let end = base + PAGE + data_pages * PAGE;
     let ptr = end - rounded;
@@ -84,9 +90,9 @@ pub fn allocate(size: usize) -> Result<u64, CuResult> {
     unsafe {
         libc::mprotect(base as *mut c_void, PAGE, libc::PROT_NONE);
         libc::mprotect(end as *mut c_void, PAGE, libc::PROT_NONE);
-        std::ptr::write_bytes((base + PAGE) as *mut u8, CANARY, ptr - (base + PAGE));
+        std::ptr::write_bytes((base + PAGE) as *mut u8, canary, ptr - (base + PAGE));
         std::ptr::write_bytes(ptr as *mut u8, UNINITIALISED, size);
-        std::ptr::write_bytes((ptr + size) as *mut u8, CANARY, end - (ptr + size));
+        std::ptr::write_bytes((ptr + size) as *mut u8, canary, end - (ptr + size));
     }
     let a = Allocation {
         base,
@@ -94,6 +100,7 @@ pub fn allocate(size: usize) -> Result<u64, CuResult> {
         ptr,
         size,
         end,
+        canary,
     };
     allocations().insert(ptr, a);
     Ok(ptr as u64)
@@ -142,7 +149,7 @@ pub fn find_corruption() -> Option<(usize, usize, isize)> {
             // SAFETY: the slack lies in the mapping's data pages, which stay mapped while the
             // allocation is registered (and the lock is held).
             let bytes = unsafe { std::slice::from_raw_parts(from as *const u8, to - from) };
-            if let Some(i) = bytes.iter().position(|&b| b != CANARY) {
+            if let Some(i) = bytes.iter().position(|&b| b != a.canary) {
                 return Some((a.ptr, a.size, (from + i) as isize - a.ptr as isize));
             }
         }

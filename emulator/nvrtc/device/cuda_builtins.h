@@ -44,7 +44,7 @@ using ingot_emu::uint3;
 
 // ---- synchronisation ------------------------------------------------------------------------
 
-inline void __syncthreads() { ::ingot_emu::yield(::ingot_emu::State::block_barrier); }
+inline void __syncthreads() { ::ingot_emu::block_barrier(); }
 
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
     ::ingot_emu::check_full_mask(mask, "__syncwarp");

@@ -102,7 +102,6 @@ struct Thread {
     unsigned lane, warp;
     State state;
     unsigned collectives;  // warp collectives done so far (picks the exchange buffer)
-    unsigned collective;   // the kind waited on at a warp barrier
 };
 
 // Per-warp exchange: lane l writes slot[l] of buffer (collectives & 1), the warp barrier opens,
@@ -110,7 +109,10 @@ struct Thread {
 // can only write a buffer again after the next barrier, which every lane reaches after reading.
 constexpr int kExchangeWords = 6;
 struct Warp {
-    unsigned lanes;  // threads of the block in this warp (32 but for a short last warp)
+    unsigned lanes;    // threads of the block in this warp (32 but for a short last warp)
+    unsigned arrived;  // lanes waiting at the warp barrier
+    unsigned exited;
+    unsigned kind, count;  // the collective the first lane to arrive waits on, and its number
     uint32_t xchg[2][32][kExchangeWords];
 };
 
@@ -120,6 +122,8 @@ struct Block {
     uint3 idx;
     dim3 dim, grid;
     unsigned threads;
+    unsigned live;        // threads that have not exited
+    unsigned at_barrier;  // threads waiting at __syncthreads
     Thread th[kMaxThreads];
     Warp warps[kMaxThreads / 32];
 };
@@ -135,8 +139,9 @@ inline int fault_kind;
 inline volatile bool in_launch;  // set while this module runs a launch
 inline pthread_t launch_thread;  // on this host thread
 
-// x86-64 System V stack switch: saves the callee-saved registers, MXCSR and the x87 control
-// word on the current stack, stores the stack pointer in *save and resumes the stack `load`.
+// x86-64 System V stack switch: saves the callee-saved registers on the current stack, stores
+// the stack pointer in *save and resumes the stack `load`. MXCSR and the x87 control word are
+// callee-saved too, but no kernel changes them, and leaving them out halves the cost.
 extern "C" void ingot_emu_switch(void** save, void* load) __attribute__((visibility("hidden")));
 asm(R"(
     .text
@@ -150,14 +155,8 @@ ingot_emu_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -220,71 +219,78 @@ inline uint64_t splitmix(uint64_t* s) {
     return z ^ (z >> 31);
 }
 
-// Blocks the running fiber in `state` and switches to the scheduler.
-inline void yield(State state) {
-    cur->state = state;
-    ingot_emu_switch(&cur->sp, sched_sp);
+// The lanes of the warp round being run (see run_warp), and the next one to run.
+inline Thread* round_lanes[32];
+inline unsigned round_len, round_next;
+
+// Leaves the running fiber (it has blocked or exited): on to the next lane of the round, or
+// back to the scheduler when the round is done. Returns when the fiber is resumed.
+inline void leave(Thread* self) {
+    while (round_next < round_len) {
+        Thread* next = round_lanes[round_next++];
+        if (next->state == State::ready) {
+            cur = next;
+            ingot_emu_switch(&self->sp, next->sp);
+            return;
+        }
+    }
+    ingot_emu_switch(&self->sp, sched_sp);
+}
+
+// Blocks the running fiber at __syncthreads.
+inline void block_barrier() {
+    Thread* t = cur;
+    t->state = State::block_barrier;
+    blk.at_barrier++;
+    leave(t);
 }
 
 [[noreturn]] inline void fiber_main() {
     entry(entry_params);
-    cur->state = State::exited;
-    ingot_emu_switch(&cur->sp, sched_sp);
+    Thread* t = cur;
+    t->state = State::exited;
+    blk.live--;
+    blk.warps[t->warp].exited++;
+    leave(t);
     __builtin_unreachable();
 }
 
 // A fresh frame for ingot_emu_switch to "return" into fiber_main on thread i's stack.
 inline void* fresh_stack(unsigned i) {
     char* top = spec->stacks + (size_t)(i + 1) * spec->stack_stride;
-    uint64_t* sp = reinterpret_cast<uint64_t*>(top) - 9;
-    sp[0] = 0x037full << 32 | 0x1f80u;  // MXCSR (default), x87 control word (default)
-    for (int r = 1; r <= 6; ++r) sp[r] = 0;  // r15 r14 r13 r12 rbx rbp
-    sp[7] = reinterpret_cast<uint64_t>(&fiber_main);
-    sp[8] = 0;  // fiber_main's return address: it never returns
+    uint64_t* sp = reinterpret_cast<uint64_t*>(top) - 8;
+    for (int r = 0; r < 6; ++r) sp[r] = 0;  // r15 r14 r13 r12 rbx rbp
+    sp[6] = reinterpret_cast<uint64_t>(&fiber_main);
+    sp[7] = 0;  // fiber_main's return address: it never returns
     return sp;
 }
 
 extern "C" char __start_ingot_shared[] __attribute__((weak, visibility("hidden")));
 extern "C" char __stop_ingot_shared[] __attribute__((weak, visibility("hidden")));
 
-// A warp whose lanes all wait at a warp barrier: checks they wait on the same collective and
-// opens it. Returns false if some lane is not there (it waits at __syncthreads, say). Exited
-// lanes cannot take part in a full-mask collective: that is a fault, as on a GPU it hangs or
-// reads garbage.
+// Opens the barrier of warp w if all its lanes wait at it (they waited on the same collective:
+// each lane checked that as it arrived). Exited lanes cannot take part in a full-mask
+// collective: that is a fault, as on a GPU it hangs or reads garbage.
 inline bool open_warp(unsigned w) {
-    Thread* lanes = &blk.th[w * 32];
-    const unsigned n = blk.warps[w].lanes;
-    unsigned waiting = 0, exited = 0;
-    for (unsigned l = 0; l < n; ++l) {
-        waiting += lanes[l].state == State::warp_barrier;
-        exited += lanes[l].state == State::exited;
-    }
-    if (waiting == 0) return false;
-    if (waiting + exited == n && exited > 0) {
-        cur = &lanes[0];
+    Warp& wp = blk.warps[w];
+    if (wp.arrived == 0) return false;
+    if (wp.exited > 0 && wp.arrived + wp.exited == wp.lanes) {
+        cur = &blk.th[w * 32];
         fault(INGOT_EMU_DIVERGENT, 0,
-              "warp %u: a full-mask warp collective with %u of its %u lanes exited", w, exited, n);
+              "warp %u: a full-mask warp collective with %u of its %u lanes exited", w, wp.exited,
+              wp.lanes);
     }
-    if (waiting != n) return false;
-    for (unsigned l = 1; l < n; ++l) {
-        if (lanes[l].collective != lanes[0].collective ||
-            lanes[l].collectives != lanes[0].collectives) {
-            cur = &lanes[l];
-            fault(INGOT_EMU_DIVERGENT, 0,
-                  "warp %u: lanes 0 and %u are at different warp collectives (kinds %u/%u, counts "
-                  "%u/%u)",
-                  w, l, lanes[0].collective, lanes[l].collective, lanes[0].collectives,
-                  lanes[l].collectives);
-        }
-    }
-    for (unsigned l = 0; l < n; ++l) lanes[l].state = State::ready;
+    if (wp.arrived != wp.lanes) return false;
+    Thread* lanes = &blk.th[w * 32];
+    for (unsigned l = 0; l < wp.lanes; ++l) lanes[l].state = State::ready;
+    wp.arrived = 0;
     return true;
 }
 
 // Runs warp w until none of its lanes can go on: each round runs every ready lane to its next
 // barrier, in an order drawn from the seed (lane ^ m, rotated by r: one draw per round, still
-// 1024 orders); when the whole warp waits on a warp collective, that opens and it goes again.
-// Returns whether any lane ran.
+// 1024 orders), each lane handing over to the next; when the whole warp waits on a warp
+// collective, that opens and it goes again. Returns whether any lane ran.
 inline bool run_warp(unsigned w, uint64_t* seed) {
     Thread* lanes = &blk.th[w * 32];
     const unsigned n = blk.warps[w].lanes;
@@ -292,31 +298,28 @@ inline bool run_warp(unsigned w, uint64_t* seed) {
     for (;;) {
         const uint64_t r = splitmix(seed);
         const unsigned m = (unsigned)r & 31, rot = (unsigned)(r >> 8) & 31;
-        bool any = false;
+        round_len = 0;
         for (unsigned k = 0; k < 32; ++k) {
             const unsigned l = ((k ^ m) + rot) & 31;
-            if (l >= n || lanes[l].state != State::ready) continue;
-            cur = &lanes[l];
-            ingot_emu_switch(&sched_sp, cur->sp);
-            any = true;
+            if (l < n && lanes[l].state == State::ready) round_lanes[round_len++] = &lanes[l];
         }
+        if (round_len == 0) return ran;
+        ran = true;
+        round_next = 1;
+        cur = round_lanes[0];
+        ingot_emu_switch(&sched_sp, cur->sp);
         cur = nullptr;
-        ran |= any;
         if (!open_warp(w)) return ran;
     }
 }
 
 // Opens __syncthreads when every thread that has not exited waits on it.
 inline bool open_block_barrier() {
-    unsigned at_barrier = 0, live = 0;
-    for (unsigned i = 0; i < blk.threads; ++i) {
-        live += blk.th[i].state != State::exited;
-        at_barrier += blk.th[i].state == State::block_barrier;
-    }
-    if (at_barrier == 0 || at_barrier != live) return false;
+    if (blk.at_barrier == 0 || blk.at_barrier != blk.live) return false;
     for (unsigned i = 0; i < blk.threads; ++i) {
         if (blk.th[i].state == State::block_barrier) blk.th[i].state = State::ready;
     }
+    blk.at_barrier = 0;
     return true;
 }
 
@@ -337,11 +340,16 @@ inline void run_block(uint64_t seed) {
         t.warp = i >> 5;
         t.state = State::ready;
         t.collectives = 0;
-        t.collective = 0;
         t.sp = fresh_stack(i);
     }
     const unsigned warps = (n + 31) / 32;
-    for (unsigned w = 0; w < warps; ++w) blk.warps[w].lanes = n - w * 32 < 32 ? n - w * 32 : 32;
+    for (unsigned w = 0; w < warps; ++w) {
+        Warp& wp = blk.warps[w];
+        wp.lanes = n - w * 32 < 32 ? n - w * 32 : 32;
+        wp.arrived = wp.exited = 0;
+    }
+    blk.live = n;
+    blk.at_barrier = 0;
     unsigned order[kMaxThreads / 32];
     for (;;) {
         for (unsigned w = 0; w < warps; ++w) order[w] = w;
@@ -353,14 +361,12 @@ inline void run_block(uint64_t seed) {
         }
         bool ran = false;
         for (unsigned k = 0; k < warps; ++k) ran |= run_warp(order[k], &seed);
-        unsigned live = 0;
-        for (unsigned i = 0; i < n; ++i) live += blk.th[i].state != State::exited;
-        if (live == 0) return;
+        if (blk.live == 0) return;
         if (open_block_barrier() || ran) continue;
         fault(INGOT_EMU_DEADLOCK, 0,
               "deadlock: %u live threads wait at barriers that cannot open (a __syncthreads not "
               "reached by every thread, or lanes of one warp at different barriers)",
-              live);
+              blk.live);
     }
 }
 
@@ -375,8 +381,19 @@ inline uint32_t* exchange_slot() {
 // the lanes wrote ([lane][word]).
 inline uint32_t (*warp_exchange(unsigned kind))[kExchangeWords] {
     Thread* t = cur;
-    t->collective = kind;
-    yield(State::warp_barrier);
+    Warp& w = blk.warps[t->warp];
+    if (w.arrived == 0) {
+        w.kind = kind;
+        w.count = t->collectives;
+    } else if (w.kind != kind || w.count != t->collectives) {
+        fault(INGOT_EMU_DIVERGENT, 0,
+              "warp %u: lanes at different warp collectives (kind %u, number %u, and kind %u, "
+              "number %u)",
+              t->warp, w.kind, w.count, kind, t->collectives);
+    }
+    w.arrived++;
+    t->state = State::warp_barrier;
+    leave(t);
     uint32_t (*buf)[kExchangeWords] = blk.warps[t->warp].xchg[t->collectives & 1];
     t->collectives++;
     return buf;

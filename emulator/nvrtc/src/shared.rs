@@ -69,7 +69,13 @@ fn reachable_bytes(
             };
             if shared.contains(&sec) {
                 if sym.kind() == object::SymbolKind::Section {
-                    whole_sections.insert(sec);
+                    // A static of a non-inline function, named by its section and an offset.
+                    match variables_at(file, sec, reloc.addend()) {
+                        Some(found) => variables.extend(found),
+                        None => {
+                            whole_sections.insert(sec);
+                        }
+                    }
                 } else {
                     variables.insert(sym_index);
                 }
@@ -91,6 +97,25 @@ fn reachable_bytes(
         bytes += file.section_by_index(sec).map(|s| s.size()).unwrap_or(0);
     }
     Ok(bytes)
+}
+
+/// The variables of shared section `sec` that a RIP-relative reference with `addend` can
+/// mean: the target is `addend + 4` past the section start, plus the size of an immediate
+/// operand after the displacement (0, 1, 2 or 4 bytes); each variable that can be the target
+/// is counted (a few bytes too many at worst, never too few). `None` if none is there.
+fn variables_at(file: &object::File, sec: SectionIndex, addend: i64) -> Option<Vec<SymbolIndex>> {
+    let found: Vec<SymbolIndex> = file
+        .symbols()
+        .filter(|s| s.section_index() == Some(sec) && s.kind() != object::SymbolKind::Section)
+        .filter(|s| {
+            [4i64, 5, 6, 8].iter().any(|extra| {
+                let at = addend + extra;
+                at >= 0 && (at as u64) >= s.address() && (at as u64) < s.address() + s.size()
+            })
+        })
+        .map(|s| s.index())
+        .collect();
+    (!found.is_empty()).then_some(found)
 }
 
 fn is_code(file: &object::File, index: SectionIndex) -> bool {
