@@ -76,10 +76,16 @@ pub fn create(
         } else {
             Box::new(CudaEngine::<f32>::new(ordinal, config, params)?)
         };
-        let notice = format!(
-            "notice: training on {} (sm_{}{}) with the CUDA engine in {dtype}; it has not yet been verified against the CPU engine on a GPU (run scripts/gpu-check.sh)",
-            gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
-        );
+        let notice = if gpu.is_emulated() {
+            format!(
+                "notice: training on the stand-in CUDA device (emulator/: the CUDA engine and its kernels run on the CPU, not a GPU; results are emulated and its speed means nothing) in {dtype}"
+            )
+        } else {
+            format!(
+                "notice: training on {} (sm_{}{}) with the CUDA engine in {dtype}; it has not yet been verified against the CPU engine on a GPU (run scripts/gpu-check.sh)",
+                gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
+            )
+        };
         return Ok((engine, Some(notice)));
     }
     match device {

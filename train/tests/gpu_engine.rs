@@ -25,6 +25,7 @@
 //! (so only the activations' rounding is measured); 200 AdamW steps with two accumulated
 //! micro-batches whose loss curve must track the CPU's; and a resume (a new engine from the
 //! step-100 master weights and optimizer state) that must continue the curve bit for bit.
+//! On the stand-in device (`emulator/`) the run is 80 steps, resumed from step 60.
 //!
 //! bf16 tolerances: every activation stored in bf16 carries a relative rounding error of up to
 //! 2⁻⁹ (≈ 2e-3); a 2-layer forward pass rounds about ten times in sequence and the backward
@@ -405,6 +406,11 @@ fn train_step(e: &mut dyn Engine, toks: &[u32], opt: &AdamW, lr: f32) -> f32 {
 const STEPS: u64 = 200;
 const RESUME_AT: u64 = 100;
 const WINDOW: usize = 20;
+/// [`STEPS`] and [`RESUME_AT`] on the stand-in device (`emulator/`), where a step takes about
+/// half a second of CPU: four windows (the loss falls by half by the last), and a resume that
+/// replays the last 20 steps.
+const EMULATED_STEPS: u64 = 80;
+const EMULATED_RESUME_AT: u64 = 60;
 
 #[test]
 fn bf16_training_tracks_the_cpu_and_resumes_exactly() {
@@ -420,13 +426,18 @@ fn bf16_training_run(c: &ModelConfig) {
         return;
     };
     println!("{} (head dim {})", gpu.name(), c.head_dim());
+    let (steps, resume_at) = if gpu.device_info().is_emulated() {
+        (EMULATED_STEPS, EMULATED_RESUME_AT)
+    } else {
+        (STEPS, RESUME_AT)
+    };
     let mut cpu = CpuEngine::new(c.clone(), p).unwrap();
     let opt = AdamW::default();
     let data = |step: u64| patterned_tokens(2 * BATCH * SEQ, c.vocab_size, 1000 + step);
     let (mut lc, mut lg) = (Vec::new(), Vec::new());
     let mut saved = None;
-    for step in 0..STEPS {
-        if step == RESUME_AT {
+    for step in 0..steps {
+        if step == resume_at {
             saved = Some((gpu.params(), gpu.optimizer_state()));
         }
         let toks = data(step);
@@ -450,13 +461,13 @@ fn bf16_training_run(c: &ModelConfig) {
         "the CPU loss did not fall ({first} -> {last}): the test data is not learnable"
     );
 
-    // A new engine from the step-100 master weights and moments continues bit for bit.
+    // A new engine from the saved master weights and moments continues bit for bit.
     let Some((params, state)) = saved else {
-        panic!("no state saved at step {RESUME_AT}");
+        panic!("no state saved at step {resume_at}");
     };
     let mut resumed = cuda::<Bf16>(c, params).expect("the GPU was there a moment ago");
     resumed.set_optimizer_state(state).unwrap();
-    for step in RESUME_AT..STEPS {
+    for step in resume_at..steps {
         let l = train_step(&mut resumed, &data(step), &opt, 3e-3);
         assert_eq!(
             l.to_bits(),

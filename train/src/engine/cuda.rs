@@ -450,6 +450,11 @@ pub struct CudaEngine<T: Storage = f32> {
 pub type CudaEngineBf16 = CudaEngine<Bf16>;
 
 impl<T: Storage> CudaEngine<T> {
+    /// The device this engine runs on (name, architecture, memory; whether it is emulated).
+    pub fn device_info(&self) -> &ingot_kernels::probe::DeviceInfo {
+        &self.gpu.info
+    }
+
     /// Opens GPU `ordinal` (probe, kernels, cuBLASLt) and uploads `params`. Every failure,
     /// no GPU included, is a one-line error.
     pub fn new(ordinal: usize, config: ModelConfig, params: Vec<f32>) -> Result<CudaEngine<T>> {
