@@ -18,7 +18,8 @@ __device__ __forceinline__ void embedding_forward_impl(T* x, const T* table, con
 
 // One thread per column j; each walks the tokens in order, so a repeated id accumulates in
 // the same order as the CPU reference and no atomics are needed (deterministic). Launch
-// ceil(d / blockDim.x) blocks.
+// ceil(d / blockDim.x) blocks: only 3 at d = 768, too few for 132 SMs (see `per_column` in
+// kernels/src/launch.rs for the fix that is not done yet).
 template <typename T>
 __device__ __forceinline__ void embedding_backward_impl(float* dtable, const T* dx,
                                                         const u32* ids, u32 n, u32 d,

@@ -54,7 +54,8 @@ __device__ __forceinline__ void rmsnorm_backward_dx_impl(T* dx, const T* dy, con
 }
 
 // dw only; one thread per column j summing over the rows in order (deterministic,
-// coalesced across j). Launch ceil(d / blockDim.x) blocks.
+// coalesced across j). Launch ceil(d / blockDim.x) blocks: only 3 at d = 768, too few for 132
+// SMs (see `per_column` in kernels/src/launch.rs for the fix that is not done yet).
 template <typename T>
 __device__ __forceinline__ void rmsnorm_backward_dw_impl(float* dw, const T* dy, const T* x,
                                                          const float* rstd, u32 n, u32 d) {
