@@ -61,6 +61,43 @@ pub fn checked_layout(config: &ModelConfig, params_len: usize) -> Result<crate::
     Ok(layout)
 }
 
+/// Refuses a key/value cache of `capacity` positions that the model cannot use.
+pub fn check_capacity(config: &ModelConfig, capacity: usize) -> Result<()> {
+    if capacity == 0 || capacity > config.max_seq_len {
+        anyhow::bail!(
+            "a sequence of {capacity} positions: the model takes 1 to {} (its max_position_embeddings)",
+            config.max_seq_len
+        );
+    }
+    Ok(())
+}
+
+/// Refuses new tokens for a cached sequence at `len` of `capacity` positions: none, ids
+/// outside the vocabulary, or more than the cache has room for.
+pub fn check_extension(
+    config: &ModelConfig,
+    tokens: &[u32],
+    len: usize,
+    capacity: usize,
+) -> Result<()> {
+    if tokens.is_empty() {
+        anyhow::bail!("no tokens to extend the sequence with");
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= config.vocab_size) {
+        anyhow::bail!(
+            "token id {bad} is outside the model's vocabulary of {}",
+            config.vocab_size
+        );
+    }
+    if len + tokens.len() > capacity {
+        anyhow::bail!(
+            "the sequence would reach {} positions; it was begun with room for {capacity}",
+            len + tokens.len()
+        );
+    }
+    Ok(())
+}
+
 /// AdamW state that a checkpoint must carry to resume exactly.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerState {

@@ -5,6 +5,7 @@
 //! [`Model`] is generic over the float type so that the whole model's gradients can be checked
 //! against finite differences in f64; [`CpuEngine`] is `Model<f32>` behind the [`Engine`] seam.
 
+pub mod decode;
 pub mod ops;
 
 use anyhow::{bail, Result};
@@ -459,6 +460,8 @@ impl<T: Float> Model<T> {
 /// The f32 CPU engine with its optimizer state.
 pub struct CpuEngine {
     model: Model<f32>,
+    /// The sequence being generated ([`CpuEngine::begin_sequence`]).
+    cache: Option<decode::KvCache<f32>>,
     exp_avg: Vec<f32>,
     exp_avg_sq: Vec<f32>,
     decay: Vec<bool>,
@@ -472,11 +475,31 @@ impl CpuEngine {
         let decay = decay_mask(&layout);
         Ok(CpuEngine {
             model: Model::new(config, params),
+            cache: None,
             exp_avg: vec![0.0; n],
             exp_avg_sq: vec![0.0; n],
             decay,
             step: 0,
         })
+    }
+
+    /// Starts a sequence decoded with a key/value cache of `capacity` positions, dropping
+    /// any previous one.
+    pub fn begin_sequence(&mut self, capacity: usize) -> Result<()> {
+        let c = &self.model.config;
+        super::check_capacity(c, capacity)?;
+        let kv_width = c.n_kv_heads * c.head_dim();
+        self.cache = Some(decode::KvCache::new(c.n_layers, kv_width, capacity));
+        Ok(())
+    }
+
+    /// Runs `tokens` at the next positions of the cached sequence; the logits of the last.
+    pub fn extend_sequence(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let Some(cache) = self.cache.as_mut() else {
+            bail!("no sequence to extend: begin one first");
+        };
+        super::check_extension(&self.model.config, tokens, cache.len(), cache.capacity())?;
+        Ok(self.model.extend(cache, tokens))
     }
 
     /// The accumulated gradients (for tests).

@@ -156,6 +156,55 @@ fn forward_blocked<T: Float>(
     });
 }
 
+/// Attention of `n` new query rows of one sequence, at positions `past..past+n`, over a
+/// key/value cache whose first `past + n` rows hold positions `0..past+n` (`k`, `v`:
+/// `[rows ≥ past+n, nkv*hd]`). Writes `out[n, nh*hd]`; row `i` attends to `0..=past+i`, as in
+/// the causal forward. Parallel over (row, head); each output is one task's, in a fixed order.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cached<T: Float>(
+    out: &mut [T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    n: usize,
+    past: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) {
+    assert!(
+        nkv > 0 && hd > 0 && nh / nkv * nkv == nh,
+        "attention_cached: nh ({nh}) must be a multiple of nkv ({nkv})"
+    );
+    let (qw, kw) = (nh * hd, nkv * hd);
+    assert_eq!(q.len(), n * qw, "attention_cached: q shape");
+    assert_eq!(out.len(), n * qw, "attention_cached: out shape");
+    assert!(
+        k.len() >= (past + n) * kw && v.len() >= (past + n) * kw,
+        "attention_cached: the cache holds fewer than past + n rows"
+    );
+    let group = nh / nkv;
+    let scale: T = cast(1.0 / (hd as f64).sqrt());
+    out.par_chunks_mut(hd).enumerate().for_each(|(row, o)| {
+        let (i, h) = (row / nh, row % nh);
+        let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+        let kv_col = (h / group) * hd;
+        let keys = past + i + 1;
+        let mut p: Vec<T> = (0..keys)
+            .map(|j| {
+                let kj = &k[j * kw + kv_col..j * kw + kv_col + hd];
+                qi.iter().zip(kj).fold(T::zero(), |acc, (&a, &b)| acc + a * b) * scale
+            })
+            .collect();
+        softmax_in_place(&mut p);
+        o.fill(T::zero());
+        for (j, &pj) in p.iter().enumerate() {
+            let vj = &v[j * kw + kv_col..j * kw + kv_col + hd];
+            o.iter_mut().zip(vj).for_each(|(o, &x)| *o = *o + pj * x);
+        }
+    });
+}
+
 /// Numerically stable softmax of one row, in place, summing left to right.
 fn softmax_in_place<T: Float>(row: &mut [T]) {
     let m = row.iter().fold(T::neg_infinity(), |m, &x| m.max(x));
@@ -455,6 +504,28 @@ mod tests {
                 assert_close(&out, &out_ref, 1e-12, "out");
                 assert_close(&probs, &probs_ref, 1e-12, "probs");
             }
+        }
+    }
+
+    /// The cached attention of rows `past..t` equals those rows of the naive causal forward
+    /// (tolerance 1e-12), for a prefill (past 0), a middle chunk and single rows, with GQA.
+    #[test]
+    fn attention_cached_equals_the_causal_forward_f64() {
+        let s = Shape {
+            b: 1,
+            t: 13,
+            nh: 4,
+            nkv: 2,
+            hd: 6,
+        };
+        let (q, k, v) = inputs(&s, 72);
+        let (out_ref, _) = naive_forward(&q, &k, &v, &s);
+        let qw = s.nh * s.hd;
+        for (past, n) in [(0, 13), (0, 5), (5, 4), (9, 1), (12, 1)] {
+            let mut out = vec![f64::NAN; n * qw];
+            let rows = &q[past * qw..(past + n) * qw];
+            attention_cached(&mut out, rows, &k, &v, n, past, s.nh, s.nkv, s.hd);
+            assert_close(&out, &out_ref[past * qw..(past + n) * qw], 1e-12, "out");
         }
     }
 

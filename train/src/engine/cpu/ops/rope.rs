@@ -20,12 +20,13 @@ use super::{cast, Float};
 /// Rows per rayon task (fixed: the partition never depends on threads).
 const ROWS_PER_TASK: usize = 32;
 
-/// `(cos, sin)` tables `[t, hd/2]`, computed in f64 and rounded to `T`.
-fn tables<T: Float>(t: usize, hd: usize, theta: f64) -> (Vec<T>, Vec<T>) {
+/// `(cos, sin)` tables `[t, hd/2]` of positions `start..start+t`, computed in f64 and rounded
+/// to `T`.
+fn tables<T: Float>(start: usize, t: usize, hd: usize, theta: f64) -> (Vec<T>, Vec<T>) {
     let half = hd / 2;
     let mut cos = Vec::with_capacity(t * half);
     let mut sin = Vec::with_capacity(t * half);
-    for p in 0..t {
+    for p in start..start + t {
         for i in 0..half {
             let inv_freq = theta.powf(-((2 * i) as f64) / hd as f64);
             let angle = p as f64 * inv_freq;
@@ -36,7 +37,9 @@ fn tables<T: Float>(t: usize, hd: usize, theta: f64) -> (Vec<T>, Vec<T>) {
     (cos, sin)
 }
 
-/// Rotates every head of every row by its position's angles; `inverse` gives the transpose.
+/// Rotates every head of every row by its position's angles (row `r` is at position
+/// `start + r mod t`); `inverse` gives the transpose.
+#[allow(clippy::too_many_arguments)]
 fn rotate<T: Float>(
     x: &mut [T],
     b: usize,
@@ -44,6 +47,7 @@ fn rotate<T: Float>(
     heads: usize,
     hd: usize,
     theta: f64,
+    start: usize,
     inverse: bool,
 ) {
     assert!(hd & 1 == 0, "rope: head dim must be even");
@@ -53,7 +57,7 @@ fn rotate<T: Float>(
         return;
     }
     let half = hd / 2;
-    let (cos, sin) = tables::<T>(t, hd, theta);
+    let (cos, sin) = tables::<T>(start, t, hd, theta);
     x.par_chunks_mut(ROWS_PER_TASK * width)
         .enumerate()
         .for_each(|(task, rows)| {
@@ -87,7 +91,7 @@ pub fn rope_forward<T: Float>(
     hd: usize,
     theta: f64,
 ) {
-    rotate(x, b, t, heads, hd, theta, false);
+    rotate(x, b, t, heads, hd, theta, 0, false);
 }
 
 /// Backward of [`rope_forward`], in place on the gradient: the transposed rotation.
@@ -99,7 +103,21 @@ pub fn rope_backward<T: Float>(
     hd: usize,
     theta: f64,
 ) {
-    rotate(dx, b, t, heads, hd, theta, true);
+    rotate(dx, b, t, heads, hd, theta, 0, true);
+}
+
+/// RoPE for `t` rows of one sequence at positions `start..start+t` (the new tokens of a
+/// sequence decoded with a key/value cache). The angles are computed exactly as
+/// [`rope_forward`]'s, so a row gets the same rotation whichever way it is reached.
+pub fn rope_forward_at<T: Float>(
+    x: &mut [T],
+    t: usize,
+    heads: usize,
+    hd: usize,
+    theta: f64,
+    start: usize,
+) {
+    rotate(x, 1, t, heads, hd, theta, start, false);
 }
 
 #[cfg(test)]
@@ -162,5 +180,20 @@ mod tests {
         rope_forward(&mut y32, b, t, heads, hd, THETA);
         let err = max_rel_err(&y32, &y);
         assert!(err < F32_TOL, "rel err {err:e}");
+    }
+
+    /// Rows reached at an offset (decoding with a cache) get bitwise the rotation they get
+    /// inside the whole sequence.
+    #[test]
+    fn rope_at_an_offset_equals_the_whole_sequence_bitwise() {
+        let (t, heads, hd, start, n) = (40, 3, 8, 29, 11);
+        let mut rng = Rng::new(33);
+        let x = to_f32(&rng.vec(t * heads * hd));
+        let mut whole = x.clone();
+        rope_forward(&mut whole, 1, t, heads, hd, THETA);
+        let w = heads * hd;
+        let mut part = x[start * w..(start + n) * w].to_vec();
+        rope_forward_at(&mut part, n, heads, hd, THETA, start);
+        assert_eq!(bits(&part), bits(&whole[start * w..(start + n) * w]));
     }
 }
