@@ -53,7 +53,10 @@ impl<T: Float> Model<T> {
         let (nh, nkv) = (c.n_heads, c.n_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
         let past = cache.len;
-        assert!(n > 0 && past + n <= cache.capacity, "extend: cache overflow");
+        assert!(
+            n > 0 && past + n <= cache.capacity,
+            "extend: cache overflow"
+        );
         let eps = T::from(c.rms_norm_eps).expect("eps fits the float type");
         let (p, l) = (&self.params, &self.layout);
         let w = |off: usize, len: usize| &p[off..off + len];
@@ -67,8 +70,22 @@ impl<T: Float> Model<T> {
             rmsnorm_forward(&mut h, &mut rstd, &x, w(b.attn_norm, d), n, d, eps);
             linear_forward(&mut q, &h, w(b.wq, qd * d), n, d, qd);
             let rows = past * kvd..(past + n) * kvd;
-            linear_forward(&mut cache.k[i][rows.clone()], &h, w(b.wk, kvd * d), n, d, kvd);
-            linear_forward(&mut cache.v[i][rows.clone()], &h, w(b.wv, kvd * d), n, d, kvd);
+            linear_forward(
+                &mut cache.k[i][rows.clone()],
+                &h,
+                w(b.wk, kvd * d),
+                n,
+                d,
+                kvd,
+            );
+            linear_forward(
+                &mut cache.v[i][rows.clone()],
+                &h,
+                w(b.wv, kvd * d),
+                n,
+                d,
+                kvd,
+            );
             rope_forward_at(&mut q, n, nh, hd, c.rope_theta, past);
             rope_forward_at(&mut cache.k[i][rows], n, nkv, hd, c.rope_theta, past);
             attention_cached(&mut att, &q, &cache.k[i], &cache.v[i], n, past, nh, nkv, hd);

@@ -193,7 +193,10 @@ pub fn attention_cached<T: Float>(
         let mut p: Vec<T> = (0..keys)
             .map(|j| {
                 let kj = &k[j * kw + kv_col..j * kw + kv_col + hd];
-                qi.iter().zip(kj).fold(T::zero(), |acc, (&a, &b)| acc + a * b) * scale
+                qi.iter()
+                    .zip(kj)
+                    .fold(T::zero(), |acc, (&a, &b)| acc + a * b)
+                    * scale
             })
             .collect();
         softmax_in_place(&mut p);
