@@ -236,7 +236,15 @@ fn fatal_problems_are_one_line_errors_with_nothing_written() {
     std::fs::write(&bad, "{\"x\": 1}\nnot json\n").unwrap();
     assert!(fatal(&bad, &out, &["--block-size", "8"]).contains("nothing to pack"));
 
-    assert!(fatal(&input, &out, &["--block-size", "100000"]).contains("smaller than one block"));
+    let too_small = fatal(&input, &out, &["--block-size", "100000"]);
+    assert!(
+        too_small.contains("too small for a val split")
+            && too_small.contains("--block-size 100000")
+            && too_small.contains("--val-fraction 0 for no val split"),
+        "{too_small}"
+    );
+    let no_val = ["--block-size", "100000", "--val-fraction", "0"];
+    assert!(fatal(&input, &out, &no_val).contains("smaller than one block"));
     assert!(fatal(&input, &out, &["--block-size", "0"]).contains("--block-size must be at least 1"));
     assert!(fatal(&input, &out, &["--block-size", "16777217"]).contains("at most 16777216"));
     assert!(
@@ -293,15 +301,14 @@ fn fatal_problems_are_one_line_errors_with_nothing_written() {
 
 #[test]
 fn a_failure_after_the_last_shard_leaves_no_shard_behind() {
-    // Every document goes to val, so the val split has shards and the train split none:
-    // the build fails after both splits' last shards were finished.
+    // Two documents of 41 tokens fill one block of 64. Alone in its group, that block goes to
+    // val, so the val split has a shard and the train split none: the build fails after both
+    // splits' last shards were finished.
     let dir = tempdir();
     let input = dir.path().join("d.jsonl");
-    let docs: Vec<String> = (0..400)
+    let docs: Vec<String> = (0..2)
         .map(|i| format!("document number {i} with some words in it"))
-        .filter(|d| ingot_prep::pipeline::choose_split(d, 0.95) == ingot_prep::pipeline::Split::Val)
         .collect();
-    assert!(docs.len() > 300);
     write_jsonl(&input, &docs);
     let out = dir.path().join("o");
     let msg = fatal(
@@ -309,7 +316,11 @@ fn a_failure_after_the_last_shard_leaves_no_shard_behind() {
         &out,
         &["--block-size", "64", "--val-fraction", "0.95"],
     );
-    assert!(msg.contains("smaller than one block"), "{msg}");
+    assert!(
+        msg.contains("its 82 tokens fill 1 block(s) of --block-size 64")
+            && msg.contains("use --val-fraction 0 for no val split, a --block-size of at most 41"),
+        "{msg}"
+    );
     assert!(!out.exists(), "the output directory is removed");
 
     // Into an existing directory: only our files go, the directory and other files stay.
@@ -320,7 +331,7 @@ fn a_failure_after_the_last_shard_leaves_no_shard_behind() {
         &out,
         &["--block-size", "64", "--val-fraction", "0.95", "--force"],
     );
-    assert!(msg.contains("smaller than one block"), "{msg}");
+    assert!(msg.contains("too small for a val split"), "{msg}");
     let left: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name())

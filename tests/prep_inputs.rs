@@ -378,58 +378,151 @@ fn a_tokenizer_without_bos_or_eos_needs_the_flags() {
     assert_eq!(stream(&dir.path().join("o3"), "train"), vec![0, 1, 1, 0]);
 }
 
+/// The val blocks (in order) and the train blocks (sorted) that the group rule picks from a
+/// stream of blocks: groups of `group`, the lowest XXH3-64 of the block's uint16 bytes in each
+/// (the earlier on a tie), and a last short group only from half a group or when alone.
+fn split_by_groups(stream: &[u32], block: usize, group: usize) -> (Vec<u32>, Vec<Vec<u32>>) {
+    let blocks: Vec<&[u32]> = stream.chunks_exact(block).collect();
+    let hash = |b: &[u32]| {
+        let bytes: Vec<u8> = b.iter().flat_map(|&t| (t as u16).to_le_bytes()).collect();
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    };
+    let groups: Vec<&[&[u32]]> = blocks.chunks(group).collect();
+    let mut val = Vec::new();
+    let mut train = Vec::new();
+    for g in &groups {
+        let chosen = (g.len() == group || 2 * g.len() >= group || groups.len() == 1)
+            .then(|| (0..g.len()).min_by_key(|&i| hash(g[i])).unwrap());
+        for (i, b) in g.iter().enumerate() {
+            if Some(i) == chosen {
+                val.extend_from_slice(b);
+            } else {
+                train.push(b.to_vec());
+            }
+        }
+    }
+    train.sort();
+    (val, train)
+}
+
+fn sorted_blocks(stream: &[u32], block: usize) -> Vec<Vec<u32>> {
+    let mut blocks: Vec<Vec<u32>> = stream.chunks_exact(block).map(|b| b.to_vec()).collect();
+    blocks.sort();
+    blocks
+}
+
 #[test]
-fn val_split_is_chosen_by_content() {
+fn val_takes_the_lowest_hash_block_of_every_group() {
     let dir = tempdir();
     let docs: Vec<String> = (0..2000).map(|i| format!("document {i}")).collect();
     let input = dir.path().join("d.jsonl");
     write_jsonl(&input, &docs);
-    prep_dir(
-        &input,
-        &dir.path().join("a"),
-        &["--block-size", "1", "--val-fraction", "0.25"],
-    )
-    .unwrap();
-    let index = Index::read(&dir.path().join("a")).unwrap();
-    let val_docs = index.splits.val.documents;
-    assert!(
-        (400..600).contains(&val_docs),
-        "{val_docs} of 2000 in val at 0.25"
-    );
-    assert_eq!(index.splits.train.documents + val_docs, 2000);
-
-    // The same documents in reverse order land in the same splits.
-    let reversed: Vec<String> = docs.iter().rev().cloned().collect();
-    let input2 = dir.path().join("r.jsonl");
-    write_jsonl(&input2, &reversed);
-    prep_dir(
-        &input2,
-        &dir.path().join("b"),
-        &["--block-size", "1", "--val-fraction", "0.25"],
-    )
-    .unwrap();
-    let doc_set = |out: &str, split: &str| {
-        let mut v: Vec<Vec<u32>> = stream(&dir.path().join(out), split)
-            .split(|&t| t == EOS)
-            .filter(|d| !d.is_empty())
-            .map(|d| d.to_vec())
-            .collect();
-        v.sort();
-        v
+    let build = |name: &str, fraction: &str| {
+        let out = dir.path().join(name);
+        prep_dir(
+            &input,
+            &out,
+            &["--block-size", "16", "--val-fraction", fraction],
+        )
+        .unwrap();
+        out
     };
-    assert_eq!(doc_set("a", "val"), doc_set("b", "val"));
-    assert_eq!(doc_set("a", "train"), doc_set("b", "train"));
-
-    prep_dir(
-        &input,
-        &dir.path().join("c"),
-        &["--block-size", "1", "--val-fraction", "0"],
-    )
-    .unwrap();
-    let index = Index::read(&dir.path().join("c")).unwrap();
+    // With no val split, train is the whole stream in order.
+    let all = build("all", "0");
+    let index = Index::read(&all).unwrap();
     assert_eq!(
         (index.splits.val.blocks, index.splits.val.shards.len()),
         (0, 0)
+    );
+    let whole = stream(&all, "train");
+
+    // Groups of 4: every block lands in exactly one split, val's are the groups' lowest.
+    let out = build("quarter", "0.25");
+    let (want_val, want_train) = split_by_groups(&whole, 16, 4);
+    let val = stream(&out, "val");
+    assert!(val == want_val, "val is not the groups' lowest blocks");
+    let train = sorted_blocks(&stream(&out, "train"), 16);
+    assert!(train == want_train, "train is not the other blocks");
+    let index = Index::read(&out).unwrap();
+    let blocks = (whole.len() / 16) as u64;
+    assert_eq!(index.splits.train.blocks + index.splits.val.blocks, blocks);
+    assert_eq!(
+        index.splits.val.blocks,
+        blocks / 4 + u64::from(blocks % 4 >= 2)
+    );
+    // A document counts in the split of the block holding its first token, its BOS.
+    let bos_in_val = val.iter().filter(|&&t| t == BOS).count() as u64;
+    assert_eq!(index.splits.val.documents, bos_in_val);
+    assert_eq!(index.splits.train.documents + bos_in_val, 2000);
+    assert_eq!(index.splits.val.tokens_dropped, 0);
+    assert_eq!(
+        index.splits.train.tokens_dropped,
+        index.stats.tokens - 16 * blocks
+    );
+}
+
+/// 43 text files of about 200 KB, each one document (`--txt-unit file`, the default).
+fn few_large_files(dir: &std::path::Path) -> std::path::PathBuf {
+    let corpus = dir.join("books");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let docs = ingot::corpus::documents(43, 43 * 450);
+    for (i, book) in docs.chunks(450).enumerate() {
+        std::fs::write(corpus.join(format!("book-{i:02}.txt")), book.join("\n\n")).unwrap();
+    }
+    corpus
+}
+
+#[test]
+fn a_corpus_of_few_large_files_gets_a_val_split_of_its_share() {
+    // Split by documents, 43 documents at the default 0.005 would most likely give no val at
+    // all. Split by blocks, val holds about 0.5% of the tokens whatever the documents.
+    let dir = tempdir();
+    let corpus = few_large_files(dir.path());
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["--block-size", "1024", "--shard-size", "1MiB"];
+        args.extend_from_slice(extra);
+        prep_dir(&corpus, &out, &args).unwrap();
+        out
+    };
+    let one = run("t1", &["--threads", "1"]);
+    let index = Index::read(&one).unwrap();
+    assert_eq!(index.stats.documents, 43);
+    let (train, val) = (&index.splits.train, &index.splits.val);
+    let share = val.tokens as f64 / (train.tokens + val.tokens) as f64;
+    assert!(val.blocks >= 1, "no val block");
+    assert!(
+        (0.0025..=0.01).contains(&share),
+        "val holds {share} of the tokens at --val-fraction 0.005"
+    );
+    assert!(
+        files(&one) == files(&run("t2", &["--threads", "2"])),
+        "threads 1 and 2 differ"
+    );
+
+    // The same blocks as the stream made without a val split, none in both splits.
+    let all = run("all", &["--val-fraction", "0"]);
+    let whole = stream(&all, "train");
+    let (want_val, want_train) = split_by_groups(&whole, 1024, 200);
+    assert!(
+        stream(&one, "val") == want_val,
+        "val is not the groups' lowest blocks"
+    );
+    let train = sorted_blocks(&stream(&one, "train"), 1024);
+    assert!(train == want_train, "train is not the other blocks");
+
+    // Shuffled documents: still the same bytes for any thread count, still a val split.
+    let shuffled = ["--shuffle-docs", "--seed", "3"];
+    let s1 = run("s1", &[&shuffled[..], &["--threads", "1"]].concat());
+    let s2 = run("s2", &[&shuffled[..], &["--threads", "2"]].concat());
+    assert!(
+        files(&s1) == files(&s2),
+        "shuffled runs differ between thread counts"
+    );
+    assert_eq!(Index::read(&s1).unwrap().splits.val.blocks, val.blocks);
+    assert!(
+        stream(&s1, "val") != stream(&one, "val"),
+        "shuffling did not move val"
     );
 }
 

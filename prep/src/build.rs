@@ -8,16 +8,16 @@ use anyhow::{bail, Context, Result};
 use ingot_formats::checksum::sha256_hex;
 use ingot_formats::index::{SourceStats, Splits, Stats};
 use ingot_formats::{
-    Dtype, Index, SplitIndex, SplitWriter, TokenizerRef, WrittenSplit, FORMAT_NAME, FORMAT_VERSION,
-    HEADER_BYTES,
+    Dtype, Index, SplitIndex, TokenizerRef, WrittenSplit, FORMAT_NAME, FORMAT_VERSION, HEADER_BYTES,
 };
 use serde::Serialize;
 use serde_json::json;
 
+use crate::blocks::{BlockStream, Packed};
 use crate::cli::BuildArgs;
 use crate::discover::{discover, Compression, Format, InputFile};
 use crate::output::OutputDir;
-use crate::pipeline::{self, Encoded, Encoder, Split};
+use crate::pipeline::{self, Encoded, Encoder};
 use crate::progress::Progress;
 use crate::readers::ReadOptions;
 use crate::records::Reason;
@@ -107,13 +107,10 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
     }
 
     let mut packer = Packer {
-        writers: [
-            SplitWriter::new(&out, "train", dtype, block_size, args.shard_size),
-            SplitWriter::new(&out, "val", dtype, block_size, args.shard_size),
-        ],
+        blocks: BlockStream::new(&out, dtype, block_size, args.shard_size, args.val_fraction),
         shuffler: None,
-        open_split: None,
-        documents: [0, 0],
+        open: false,
+        documents: 0,
         tokens: 0,
         text_bytes: 0,
         skipped,
@@ -144,7 +141,6 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
             txt_unit: args.input.txt_unit,
             text_path: args.input.text_field.split('.').map(String::from).collect(),
         },
-        val_fraction: args.val_fraction,
     });
     let consumed = Arc::new(AtomicU64::new(0));
     let result = pipeline::run(
@@ -156,36 +152,43 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
             packer.accept(encoded, &progress)?;
             progress.update(
                 consumed.load(Ordering::Relaxed),
-                packer.documents.iter().sum(),
+                packer.documents,
                 packer.tokens,
             );
             Ok(())
         },
     );
-    let result = result.and_then(|()| packer.drain_shuffle()).and_then(|()| {
-        let [train_w, val_w] = &mut packer.writers;
-        Ok((train_w.finish()?, val_w.finish()?))
-    });
+    let result = result
+        .and_then(|()| packer.drain_shuffle())
+        .and_then(|()| packer.blocks.finish());
     // Only now is every shard file created (finish writes the last one of each split): all of
     // them go on the cleanup list before any check below can fail.
-    for w in &packer.writers {
-        output.track(w.created_files());
-    }
-    let (train, val) = result?;
+    output.track(&packer.blocks.created_files());
+    let Packed {
+        train,
+        val,
+        documents,
+    } = result?;
     progress.finish();
 
     let Packer {
-        documents,
+        documents: total_docs,
         tokens,
         text_bytes,
         skipped,
         sources,
         ..
     } = packer;
-    let total_docs: u64 = documents.iter().sum();
     if total_docs == 0 {
         let n: u64 = skipped.values().sum();
         bail!("nothing to pack: all {n} record(s) were skipped ({}); check --text-field, --txt-unit and the inputs", describe_skips(&skipped));
+    }
+    let blocks = train.blocks + val.blocks;
+    if args.val_fraction > 0.0 && blocks < 2 {
+        bail!(
+            "{}",
+            too_small_to_split(tokens, blocks, block_size, args.val_fraction)
+        );
     }
     if train.blocks == 0 {
         bail!(
@@ -252,13 +255,25 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
     })
 }
 
+/// The one line for a corpus that cannot give both splits a block.
+fn too_small_to_split(tokens: u64, blocks: u64, block_size: usize, val_fraction: f64) -> String {
+    let smaller = if tokens >= 2 {
+        format!(", a --block-size of at most {}", tokens / 2)
+    } else {
+        String::new()
+    };
+    format!(
+        "the corpus is too small for a val split: its {tokens} tokens fill {blocks} block(s) of --block-size {block_size}, and --val-fraction {val_fraction} needs at least 2 (one for each split); use --val-fraction 0 for no val split{smaller}, or more text"
+    )
+}
+
 /// Largest `--block-size`: 16 Mi tokens, far above any training context, and small enough
 /// that a block's bytes can never overflow.
 pub const MAX_BLOCK_SIZE: usize = 1 << 24;
 
 /// An upper bound of the bytes `--shuffle-docs` spills: 4 bytes per token, and at most one
 /// token per byte of text (exactly so for the byte tokenizer; subword tokenizers make fewer).
-/// Compressed files, parquet included, are counted as 4× their size on disk. The 22-byte
+/// Compressed files, parquet included, are counted as 4× their size on disk. The 21-byte
 /// record headers are small beside that. Only the number of buckets depends on it.
 fn spill_estimate(files: &[InputFile]) -> u64 {
     files
@@ -314,13 +329,14 @@ fn recorded_args(args: &BuildArgs) -> serde_json::Value {
     })
 }
 
-/// Receives tokenized chunks in input order and packs them into the two splits.
+/// Receives tokenized chunks in input order, counts them, and packs their documents (in input
+/// order, or through the shuffler) into the block stream.
 struct Packer {
-    writers: [SplitWriter; 2],
+    blocks: BlockStream,
     shuffler: Option<Shuffler>,
-    /// Split of the document whose pieces are still arriving.
-    open_split: Option<Split>,
-    documents: [u64; 2],
+    /// Whether a document's pieces are still arriving.
+    open: bool,
+    documents: u64,
     tokens: u64,
     text_bytes: u64,
     skipped: BTreeMap<String, u64>,
@@ -328,13 +344,6 @@ struct Packer {
     strict: bool,
     sources: Vec<SourceStats>,
     names: Vec<String>,
-}
-
-fn slot(split: Split) -> usize {
-    match split {
-        Split::Train => 0,
-        Split::Val => 1,
-    }
 }
 
 impl Packer {
@@ -372,21 +381,19 @@ impl Packer {
         for run in &encoded.docs {
             let tokens = &encoded.tokens[start..run.end];
             start = run.end;
-            let opens = run.split.is_some();
-            let split = run
-                .split
-                .or(self.open_split)
-                .context("a document piece arrived with no open document")?;
-            if opens {
-                self.documents[slot(split)] += 1;
+            if !run.opens && !self.open {
+                bail!("internal error: a document piece arrived with no open document");
+            }
+            if run.opens {
+                self.documents += 1;
                 source.documents += 1;
             }
-            self.open_split = if run.closes { None } else { Some(split) };
+            self.open = !run.closes;
             self.tokens += tokens.len() as u64;
             source.tokens += tokens.len() as u64;
             match &mut self.shuffler {
-                Some(s) => s.push(split, tokens, opens, run.closes)?,
-                None => self.writers[slot(split)].push(tokens)?,
+                Some(s) => s.push(tokens, run.opens, run.closes)?,
+                None => self.blocks.push(tokens, run.opens)?,
             }
         }
         Ok(())
@@ -396,8 +403,8 @@ impl Packer {
         let Some(shuffler) = self.shuffler.take() else {
             return Ok(());
         };
-        let writers = &mut self.writers;
-        shuffler.drain(&mut |split, tokens| Ok(writers[slot(split)].push(tokens)?))
+        let blocks = &mut self.blocks;
+        shuffler.drain(&mut |tokens, opens| blocks.push(tokens, opens))
     }
 }
 

@@ -103,7 +103,8 @@ pub struct BuildArgs {
     /// Largest shard payload, e.g. 256MiB, 1GiB, 500MB or a byte count.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub shard_size: u64,
-    /// Fraction of documents (chosen by content hash) that go to the val split.
+    /// Share of blocks for the val split: one block in every round(1/X), the lowest by content
+    /// hash in its group; 0 for no val split.
     #[arg(long, default_value_t = 0.005)]
     pub val_fraction: f64,
     /// BOS token to put before every document (default: detected from the tokenizer).

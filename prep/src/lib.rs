@@ -3,10 +3,12 @@
 //! - [`discover`] finds input files; [`readers`] cut them into chunks of raw records.
 //! - [`records`] turns a chunk into documents and counted skips; [`tokenizer`] encodes them.
 //! - [`pipeline`] runs reading and tokenization in parallel and hands results back in order.
-//! - [`build`] packs the ordered stream into the two splits and writes the dataset through
-//!   `ingot_formats`; [`shuffle`] optionally permutes whole documents first.
+//! - [`build`] drives a run and writes the dataset; [`shuffle`] optionally permutes whole
+//!   documents first; [`blocks`] packs the document stream into blocks and writes each one to
+//!   the split that [`split`]'s group rule gives it, through `ingot_formats`.
 //! - [`commands`] holds `verify` and `inspect`.
 
+pub mod blocks;
 pub mod build;
 pub mod cli;
 pub mod commands;
@@ -17,4 +19,5 @@ pub mod progress;
 pub mod readers;
 pub mod records;
 pub mod shuffle;
+pub mod split;
 pub mod tokenizer;

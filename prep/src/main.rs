@@ -28,7 +28,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else if !args.quiet {
                 println!(
-                    "wrote {}: {} documents, {} tokens -> {} train + {} val blocks of {} ({}), {} tokens dropped at the tails",
+                    "wrote {}: {} documents, {} tokens -> {} train + {} val blocks of {} ({}), {} tokens dropped at the tail",
                     summary.out, summary.documents, summary.tokens, summary.train_blocks, summary.val_blocks, summary.block_size, summary.dtype, summary.tokens_dropped
                 );
                 if !summary.skipped.is_empty() {

@@ -28,18 +28,12 @@ use crate::readers::{read_file, Body, Chunk, ReadOptions};
 use crate::records::{self, Reason, Skip};
 use crate::tokenizer::{Specials, Tokenizer};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
-    Train,
-    Val,
-}
-
 /// Where one document (or piece) ends in [`Encoded::tokens`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocRun {
     pub end: usize,
-    /// Set when the run opens a document; continuation pieces inherit the open document's split.
-    pub split: Option<Split>,
+    /// The run starts a document (a whole one, or its first piece).
+    pub opens: bool,
     pub closes: bool,
 }
 
@@ -61,27 +55,6 @@ pub struct Encoder {
     pub tokenizer: Tokenizer,
     pub specials: Specials,
     pub read: ReadOptions,
-    pub val_fraction: f64,
-}
-
-/// Documents are assigned to `val` from a hash of their first mebibyte of text, so the choice
-/// depends on content alone (not position, seed or thread count) and long streamed documents
-/// are decided from their first piece.
-pub const VAL_HASH_BYTES: usize = 1 << 20;
-
-pub fn choose_split(text: &str, val_fraction: f64) -> Split {
-    if val_fraction <= 0.0 {
-        return Split::Train;
-    }
-    let bytes = &text.as_bytes()[..text.len().min(VAL_HASH_BYTES)];
-    let h = xxhash_rust::xxh3::xxh3_64(bytes);
-    // Top 53 bits as a uniform number in [0, 1).
-    let u = (h >> 11) as f64 / (1u64 << 53) as f64;
-    if u < val_fraction {
-        Split::Val
-    } else {
-        Split::Train
-    }
 }
 
 impl Encoder {
@@ -125,8 +98,7 @@ impl Encoder {
                     }
                     Err(e) => {
                         // A piece of a longer document: the packer needs the run to open or
-                        // close the document (and to carry its split), so only this piece's
-                        // text is left out.
+                        // close the document, so only this piece's text is left out.
                         out.tokens.truncate(text_start);
                         failures.push(Skip {
                             line: doc.line,
@@ -139,12 +111,9 @@ impl Encoder {
                 if doc.last {
                     out.tokens.extend(self.specials.eos);
                 }
-                let split = doc
-                    .first
-                    .then(|| choose_split(&doc.text, self.val_fraction));
                 out.docs.push(DocRun {
                     end: out.tokens.len(),
-                    split,
+                    opens: doc.first,
                     closes: doc.last,
                 });
             },

@@ -56,7 +56,7 @@ pub struct Skip {
 pub struct Doc<'a> {
     pub text: Cow<'a, str>,
     pub line: u64,
-    /// This opens a document (BOS goes before it, the split is decided here).
+    /// This opens a document (BOS goes before it).
     pub first: bool,
     /// This closes a document (EOS goes after it).
     pub last: bool,

@@ -12,8 +12,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::pipeline::Split;
-
 /// Target size of one bucket on disk.
 const BUCKET_BYTES: u64 = 64 << 20;
 /// Most buckets: every bucket is an open file for the whole spill, and the usual limit on
@@ -32,9 +30,9 @@ pub struct Shuffler {
     ordinal: u64,
 }
 
-/// Record header: key u64, ordinal u64, split u8, closes u8, token count u32 (all little-endian),
-/// then the tokens as u32.
-const RECORD_HEADER: usize = 8 + 8 + 1 + 1 + 4;
+/// Record header: key u64, ordinal u64, opens u8 (the record starts its document), token count
+/// u32 (all little-endian), then the tokens as u32.
+const RECORD_HEADER: usize = 8 + 8 + 1 + 4;
 
 impl Shuffler {
     /// `estimated_bytes`: roughly how many bytes of tokens will be spilled.
@@ -62,7 +60,7 @@ impl Shuffler {
     }
 
     /// Spills one document run (a whole document, or a piece of the open one).
-    pub fn push(&mut self, split: Split, tokens: &[u32], opens: bool, closes: bool) -> Result<()> {
+    pub fn push(&mut self, tokens: &[u32], opens: bool, closes: bool) -> Result<()> {
         let (key, bucket) = match (opens, self.open) {
             (false, Some(open)) => open,
             _ => {
@@ -77,9 +75,8 @@ impl Shuffler {
         let mut header = [0u8; RECORD_HEADER];
         header[0..8].copy_from_slice(&key.to_le_bytes());
         header[8..16].copy_from_slice(&(self.ordinal - 1).to_le_bytes());
-        header[16] = matches!(split, Split::Val) as u8;
-        header[17] = closes as u8;
-        header[18..22].copy_from_slice(&(tokens.len() as u32).to_le_bytes());
+        header[16] = opens as u8;
+        header[17..21].copy_from_slice(&(tokens.len() as u32).to_le_bytes());
         let write = |file: &mut BufWriter<File>| -> std::io::Result<()> {
             file.write_all(&header)?;
             for t in tokens {
@@ -95,9 +92,10 @@ impl Shuffler {
         })
     }
 
-    /// Reads the buckets back in order and calls `sink(split, tokens)` for every document run in
-    /// shuffled order. The spill directory is removed afterwards (and on any error).
-    pub fn drain(self, sink: &mut dyn FnMut(Split, &[u32]) -> Result<()>) -> Result<()> {
+    /// Reads the buckets back in order and calls `sink(tokens, opens)` for every document run in
+    /// shuffled order, `opens` marking a document's first run. The spill directory is removed
+    /// afterwards (and on any error).
+    pub fn drain(self, sink: &mut dyn FnMut(&[u32], bool) -> Result<()>) -> Result<()> {
         let Shuffler { dir, files, .. } = self;
         let n = files.len();
         for f in files {
@@ -119,24 +117,20 @@ impl Shuffler {
                 let key = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
                 let ordinal =
                     u64::from_le_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes"));
-                let split = if bytes[at + 16] == 1 {
-                    Split::Val
-                } else {
-                    Split::Train
-                };
-                let len = u32::from_le_bytes(bytes[at + 18..at + 22].try_into().expect("4 bytes"))
+                let opens = bytes[at + 16] == 1;
+                let len = u32::from_le_bytes(bytes[at + 17..at + 21].try_into().expect("4 bytes"))
                     as usize;
                 let start = at + RECORD_HEADER;
-                records.push((key, ordinal, records.len(), split, start, len));
+                records.push((key, ordinal, records.len(), opens, start, len));
                 at = start + 4 * len;
             }
             records.sort_by_key(|r| (r.0, r.1, r.2));
-            for (_, _, _, split, start, len) in records {
+            for (_, _, _, opens, start, len) in records {
                 let tokens: Vec<u32> = bytes[start..start + 4 * len]
                     .chunks_exact(4)
                     .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
                     .collect();
-                sink(split, &tokens)?;
+                sink(&tokens, opens)?;
             }
         }
         drop(dir);

@@ -43,6 +43,11 @@ fn build_json_summary_verify_and_inspect() {
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["documents"], 400);
     assert_eq!(summary["dtype"], "uint16");
+    // 400 documents of 66 to 68 tokens (27090) fill 846 blocks of 32, in groups of 200 at the
+    // default 0.005: four whole groups and a last one of 46 blocks, too short to give a fifth
+    // val block.
+    assert_eq!(summary["train_blocks"], 842);
+    assert_eq!(summary["val_blocks"], 4);
 
     let o = prep(&["verify", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -57,10 +62,22 @@ fn build_json_summary_verify_and_inspect() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        text.contains("train block 1") && text.contains("<s>The lantern of document 0"),
-        "{text}"
-    );
+    // Each block decodes to a stretch of the packed documents (train blocks need not be
+    // consecutive in the stream: the group rule holds one back while it looks for val's).
+    let stream: String = (0..400)
+        .map(|i| {
+            format!("<s>The lantern of document {i} was carried across the bridge at dawn.</s>")
+        })
+        .collect();
+    let decoded: Vec<&str> = text
+        .split("--- train block ")
+        .skip(1)
+        .map(|b| b.split_once(" ---\n").unwrap().1.trim_end_matches('\n'))
+        .collect();
+    assert_eq!(decoded.len(), 2, "{text}");
+    for block in decoded {
+        assert!(block.len() >= 32 && stream.contains(block), "{block:?}");
+    }
 
     // A flipped payload byte: verify fails and names the shard.
     let shard = out.join("train-00000.bin");

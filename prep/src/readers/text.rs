@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use super::{compressed, Body, Chunk, ReadOptions, TxtUnit, CHUNK_BYTES};
 use crate::discover::{Compression, Format, InputFile};
-use crate::pipeline::VAL_HASH_BYTES;
 use crate::records::Reason;
 
 /// Longest record (a line, a paragraph or a JSON line) that is read whole. A longer one is
@@ -248,8 +247,7 @@ impl Splitter<'_> {
     }
 
     /// `--txt-unit file`: the whole file is one document, handed out in pieces of about
-    /// [`CHUNK_BYTES`] cut where tokenization cannot change (see [`safe_cut`]). The first
-    /// piece holds at least the [`VAL_HASH_BYTES`] that decide the document's split.
+    /// [`CHUNK_BYTES`] cut where tokenization cannot change (see [`safe_cut`]).
     fn pieces(&mut self) {
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES * 2);
         let mut first = true;
@@ -264,8 +262,7 @@ impl Splitter<'_> {
             let end = if eof {
                 Some(buf.len())
             } else if buf.len() >= CHUNK_BYTES {
-                let min_end = if first { VAL_HASH_BYTES } else { 1 };
-                let cut = safe_cut(&buf, searched, min_end);
+                let cut = safe_cut(&buf, searched);
                 searched = buf.len() - cut.unwrap_or(0);
                 cut
             } else {
@@ -381,13 +378,14 @@ fn last_record_end(buf: &[u8], from: usize, unit: Unit) -> Option<usize> {
 /// holds no character start at all, its end: the piece is then refused as invalid UTF-8).
 ///
 /// `from`: the buffer's first `from` bytes were searched by an earlier call (that found no
-/// cut in them), so only later cuts are looked for. `min_end`: the smallest cut allowed.
-fn safe_cut(buf: &[u8], from: usize, min_end: usize) -> Option<usize> {
+/// cut in them), so only later cuts are looked for. A cut is never at 0: a piece holds at least
+/// one byte.
+fn safe_cut(buf: &[u8], from: usize) -> Option<usize> {
     let n = buf.len();
     let ws = |b: u8| b.is_ascii_whitespace();
     // A newline at `i` is judged with the byte after it, so the last byte of an earlier search
     // is looked at again.
-    let lo = from.saturating_sub(1).max(min_end.saturating_sub(1)).max(1);
+    let lo = from.saturating_sub(1).max(1);
     let strict = (lo..n.saturating_sub(1)).rev().find(|&i| {
         buf[i] == b'\n'
             && !ws(buf[i + 1])
@@ -398,8 +396,7 @@ fn safe_cut(buf: &[u8], from: usize, min_end: usize) -> Option<usize> {
     }
     if n >= 8 * CHUNK_BYTES {
         // An earlier search below 8× did not look for plain newlines.
-        let from = if from >= 8 * CHUNK_BYTES { from } else { 0 };
-        let lo = from.max(min_end.saturating_sub(1));
+        let lo = if from >= 8 * CHUNK_BYTES { from } else { 0 };
         if let Some(i) = buf[lo.min(n)..].iter().rposition(|&b| b == b'\n') {
             return Some(lo + i + 1);
         }
@@ -410,7 +407,7 @@ fn safe_cut(buf: &[u8], from: usize, min_end: usize) -> Option<usize> {
         while i > 0 && (buf[i] & 0xC0) == 0x80 {
             i -= 1;
         }
-        return Some(if i >= min_end.max(1) { i } else { n });
+        return Some(if i >= 1 { i } else { n });
     }
     None
 }
@@ -484,33 +481,33 @@ mod tests {
 
     #[test]
     fn safe_cut_between_words() {
-        assert_eq!(safe_cut(b"one\ntwo \nthree\n", 0, 1), Some(4));
-        assert_eq!(safe_cut(b"one \n two", 0, 1), None);
+        assert_eq!(safe_cut(b"one\ntwo \nthree\n", 0), Some(4));
+        assert_eq!(safe_cut(b"one \n two", 0), None);
     }
 
     #[test]
     fn safe_cut_after_crlf() {
-        assert_eq!(safe_cut(b"one\r\ntwo", 0, 1), Some(5));
-        assert_eq!(safe_cut(b"one \r\ntwo", 0, 1), None);
-        assert_eq!(safe_cut(b"one\r\n two", 0, 1), None);
+        assert_eq!(safe_cut(b"one\r\ntwo", 0), Some(5));
+        assert_eq!(safe_cut(b"one \r\ntwo", 0), None);
+        assert_eq!(safe_cut(b"one\r\n two", 0), None);
     }
 
     #[test]
-    fn safe_cut_searches_from_and_respects_the_minimum() {
-        assert_eq!(safe_cut(b"one\ntwo three", 8, 1), None);
+    fn safe_cut_searches_from() {
+        assert_eq!(safe_cut(b"one\ntwo three", 8), None);
         // The newline at 3 could not be judged before byte 4 arrived.
-        assert_eq!(safe_cut(b"one\ntwo", 4, 1), Some(4));
-        assert_eq!(safe_cut(b"one\ntwo\nsix", 0, 6), Some(8));
-        assert_eq!(safe_cut(b"one\ntwo\nsix", 0, 9), None);
+        assert_eq!(safe_cut(b"one\ntwo", 4), Some(4));
+        // A newline at the very start is no cut: the piece would be empty.
+        assert_eq!(safe_cut(b"\ntwo", 0), None);
     }
 
     #[test]
     fn safe_cut_cuts_a_buffer_without_character_starts() {
         let buf = vec![0x80u8; 32 * CHUNK_BYTES];
-        assert_eq!(safe_cut(&buf, 0, 1), Some(buf.len()));
+        assert_eq!(safe_cut(&buf, 0), Some(buf.len()));
         let mut text = vec![b'a'; 32 * CHUNK_BYTES];
         text.extend_from_slice("é".as_bytes());
-        assert_eq!(safe_cut(&text, 0, 1), Some(32 * CHUNK_BYTES));
+        assert_eq!(safe_cut(&text, 0), Some(32 * CHUNK_BYTES));
     }
 
     #[test]
@@ -600,19 +597,5 @@ mod tests {
         for (_, d) in &data[..data.len() - 1] {
             assert!(d.ends_with(b"\n\n"), "{}", d.len());
         }
-    }
-
-    #[test]
-    fn the_first_piece_holds_the_bytes_the_split_hashes() {
-        let mut bytes = Vec::new();
-        while bytes.len() < 3 * CHUNK_BYTES {
-            bytes.extend_from_slice(b"word\n");
-        }
-        let chunks = split(&bytes, |s| s.pieces());
-        let (data, _) = parts(&chunks);
-        assert!(data.len() > 1);
-        assert!(data[0].1.len() >= VAL_HASH_BYTES, "{}", data[0].1.len());
-        let joined: Vec<u8> = data.iter().flat_map(|(_, d)| d.iter().copied()).collect();
-        assert_eq!(joined, bytes);
     }
 }
