@@ -610,8 +610,9 @@ fn a_bom_at_the_start_of_a_file_is_not_text() {
 
 #[test]
 fn parquet_chunks_stay_near_the_chunk_size_whatever_the_rows() {
+    use ingot_prep::chunk::Body;
     use ingot_prep::discover::{Compression, Format, InputFile};
-    use ingot_prep::readers::{parquet, Body, ReadOptions, TxtUnit, CHUNK_BYTES};
+    use ingot_prep::readers::{parquet, ReadOptions, TxtUnit, CHUNK_BYTES};
     use std::sync::atomic::AtomicU64;
     use std::sync::Arc;
 

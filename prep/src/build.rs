@@ -14,13 +14,13 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::blocks::{BlockStream, Packed};
+use crate::chunk::Reason;
 use crate::cli::BuildArgs;
 use crate::discover::{discover, Compression, Format, InputFile};
 use crate::output::OutputDir;
 use crate::pipeline::{self, Encoded, Encoder};
 use crate::progress::Progress;
 use crate::readers::ReadOptions;
-use crate::records::Reason;
 use crate::shuffle::Shuffler;
 use crate::tokenizer::{SpecialChoice, Tokenizer};
 

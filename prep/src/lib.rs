@@ -1,6 +1,6 @@
 //! `prep`: corpus files in, packed and checksummed ingot shards out.
 //!
-//! - [`discover`] finds input files; [`readers`] cut them into chunks of raw records.
+//! - [`discover`] finds input files; [`readers`] cut them into [`chunk`]s of raw records.
 //! - [`records`] turns a chunk into documents and counted skips; [`tokenizer`] encodes them.
 //! - [`pipeline`] runs reading and tokenization in parallel and hands results back in order.
 //! - [`build`] drives a run and writes the dataset; [`shuffle`] optionally permutes whole
@@ -10,6 +10,7 @@
 
 pub mod blocks;
 pub mod build;
+pub mod chunk;
 pub mod cli;
 pub mod commands;
 pub mod discover;

@@ -23,9 +23,10 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 
+use crate::chunk::{Body, Chunk, Reason, Skip};
 use crate::discover::{Format, InputFile};
-use crate::readers::{read_file, Body, Chunk, ReadOptions};
-use crate::records::{self, Reason, Skip};
+use crate::readers::{read_file, ReadOptions};
+use crate::records;
 use crate::tokenizer::{Specials, Tokenizer};
 
 /// Where one document (or piece) ends in [`Encoded::tokens`].

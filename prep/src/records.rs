@@ -1,56 +1,12 @@
 //! From a [`Chunk`] of raw records to documents and counted skips. This is the part of reading
 //! that runs on the worker threads.
 
+pub mod jsonl;
+
 use std::borrow::Cow;
 
-use crate::readers::jsonl::{self, Field};
-use crate::readers::{Body, Chunk};
-
-/// Why a record (or the rest of a file) was skipped. The key is what `index.json` counts under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Reason {
-    MalformedJson,
-    MissingTextField,
-    NonStringTextField,
-    EmptyText,
-    InvalidUtf8,
-    UnreadableFile,
-    TruncatedCompressed,
-    CorruptParquet,
-    UnsupportedExtension,
-    TokenizerError,
-    /// A line, paragraph or JSON line longer than the readers hold in memory.
-    RecordTooLarge,
-}
-
-impl Reason {
-    pub fn key(self) -> &'static str {
-        match self {
-            Reason::MalformedJson => "malformed_json",
-            Reason::MissingTextField => "missing_text_field",
-            Reason::NonStringTextField => "non_string_text_field",
-            Reason::EmptyText => "empty_text",
-            Reason::InvalidUtf8 => "invalid_utf8",
-            Reason::UnreadableFile => "unreadable_file",
-            Reason::TruncatedCompressed => "truncated_compressed",
-            Reason::CorruptParquet => "corrupt_parquet",
-            Reason::UnsupportedExtension => "unsupported_extension",
-            Reason::TokenizerError => "tokenizer_error",
-            Reason::RecordTooLarge => "record_too_large",
-        }
-    }
-}
-
-/// One skipped record, or a skipped rest of a file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Skip {
-    /// 1-based line or row; 0 when the whole file is concerned.
-    pub line: u64,
-    pub reason: Reason,
-    pub detail: String,
-    /// Records this skip stands for (1, or the rows of a parquet file without the column).
-    pub count: u64,
-}
+use crate::chunk::{Body, Chunk, Reason, Skip};
+use jsonl::Field;
 
 /// A document's text, or a piece of one.
 pub struct Doc<'a> {

@@ -9,9 +9,9 @@ use parquet::basic::Type as PhysicalType;
 use parquet::column::reader::ColumnReader;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
-use super::{Body, Chunk, ReadOptions, CHUNK_BYTES};
+use super::{ReadOptions, CHUNK_BYTES};
+use crate::chunk::{Body, Chunk, Reason};
 use crate::discover::InputFile;
-use crate::records::Reason;
 
 /// Rows read per call into the column reader. Small, because a batch is held in memory
 /// whole: 1024 rows of long documents are already many chunks' worth.

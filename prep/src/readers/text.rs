@@ -4,9 +4,9 @@ use std::io::Read;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use super::{compressed, Body, Chunk, ReadOptions, TxtUnit, CHUNK_BYTES};
+use super::{compressed, ReadOptions, TxtUnit, CHUNK_BYTES};
+use crate::chunk::{Body, Chunk, Reason};
 use crate::discover::{Compression, Format, InputFile};
-use crate::records::Reason;
 
 /// Longest record (a line, a paragraph or a JSON line) that is read whole. A longer one is
 /// skipped and counted (`record_too_large`) without being held in memory.
