@@ -12,7 +12,7 @@ use clap::Parser;
 use common::*;
 use ingot_formats::Index;
 use ingot_prep::cli::{Cli, Command as PrepCommand, TokenizerCommand};
-use ingot_prep::tokenizer::Tokenizer;
+use ingot_tokenizer::Tokenizer;
 
 fn python_ids(python: &Path, tokenizer: &Path, docs: &Path) -> Vec<Vec<u32>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/hf_reference.py");
@@ -189,7 +189,7 @@ fn byte_tokenizer_json_matches_python_tokenizers() {
     let docs_path = dir.path().join("docs.jsonl");
     write_jsonl(&docs_path, &docs);
     let json = dir.path().join("byte.json");
-    std::fs::write(&json, ingot_prep::tokenizer::byte::tokenizer_json()).unwrap();
+    std::fs::write(&json, ingot_tokenizer::byte::tokenizer_json()).unwrap();
     let want = python_ids(&python, &json, &docs_path);
     for (doc, ids) in docs.iter().zip(want) {
         let bytes: Vec<u32> = doc.bytes().map(u32::from).collect();

@@ -10,6 +10,7 @@ use ingot_formats::index::{SourceStats, Splits, Stats};
 use ingot_formats::{
     Dtype, Index, SplitIndex, TokenizerRef, WrittenSplit, FORMAT_NAME, FORMAT_VERSION, HEADER_BYTES,
 };
+use ingot_tokenizer::{SpecialChoice, Tokenizer};
 use serde::Serialize;
 use serde_json::json;
 
@@ -22,7 +23,6 @@ use crate::pipeline::{self, Encoded, Encoder};
 use crate::progress::Progress;
 use crate::readers::ReadOptions;
 use crate::shuffle::Shuffler;
-use crate::tokenizer::{SpecialChoice, Tokenizer};
 
 /// How many skipped records are printed as warnings; the rest are only counted.
 const SHOWN_SKIPS: u64 = 5;

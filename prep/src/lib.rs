@@ -1,12 +1,12 @@
 //! `prep`: corpus files in, packed and checksummed ingot shards out.
 //!
 //! - [`discover`] finds input files; [`readers`] cut them into [`chunk`]s of raw records.
-//! - [`records`] turns a chunk into documents and counted skips; [`tokenizer`] encodes them.
+//! - [`records`] turns a chunk into documents and counted skips; `ingot_tokenizer` encodes them.
 //! - [`pipeline`] runs reading and tokenization in parallel and hands results back in order.
 //! - [`build`] drives a run and writes the dataset; [`shuffle`] optionally permutes whole
 //!   documents first; [`blocks`] packs the document stream into blocks and writes each one to
 //!   the split that [`split`]'s group rule gives it, through `ingot_formats`.
-//! - [`commands`] holds `verify` and `inspect`.
+//! - [`commands`] holds `verify` and `inspect`; [`tokenizer`] trains and benchmarks tokenizers.
 
 pub mod blocks;
 pub mod build;

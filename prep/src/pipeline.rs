@@ -22,12 +22,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
+use ingot_tokenizer::{Specials, Tokenizer};
 
 use crate::chunk::{Body, Chunk, Reason, Skip};
 use crate::discover::{Format, InputFile};
 use crate::readers::{read_file, ReadOptions};
 use crate::records;
-use crate::tokenizer::{Specials, Tokenizer};
 
 /// Where one document (or piece) ends in [`Encoded::tokens`].
 #[derive(Debug, Clone, PartialEq)]

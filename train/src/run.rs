@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ingot_formats::checksum::sha256_hex;
 use ingot_formats::Dataset;
-use ingot_prep::tokenizer::Tokenizer;
+use ingot_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

@@ -1,7 +1,7 @@
 //! `train sample`: text from a checkpoint, with temperature, top-k and top-p sampling.
 
 use anyhow::{Context, Result};
-use ingot_prep::tokenizer::Tokenizer;
+use ingot_tokenizer::Tokenizer;
 
 use crate::checkpoint::hf;
 use crate::cli::SampleArgs;

@@ -10,7 +10,7 @@ fn dataset(dir: &Path) -> std::path::PathBuf {
     use ingot_formats::checksum::sha256_hex;
     use ingot_formats::index::{Splits, Stats};
     use ingot_formats::*;
-    let tok = ingot_prep::tokenizer::byte::tokenizer_json();
+    let tok = ingot_tokenizer::byte::tokenizer_json();
     let out = dir.join("shards");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("tokenizer.json"), &tok).unwrap();

@@ -5,8 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use ingot_formats::Dataset;
-
-use crate::tokenizer::Tokenizer;
+use ingot_tokenizer::Tokenizer;
 
 pub fn run(dir: &Path, blocks: u64, decode: bool) -> Result<String> {
     let ds = Dataset::open(dir)?;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use ingot_tokenizer::Tokenizer;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::Tokenizer;
 use crate::cli::BenchArgs;
 use crate::discover::discover;
 use crate::readers::{read_file, ReadOptions};

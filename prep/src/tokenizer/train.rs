@@ -15,8 +15,9 @@ use tokenizers::trainers::BpeTrainerBuilder;
 use tokenizers::vocab::bucket_added_vocabulary::AddedToken;
 use tokenizers::Trainer;
 
-use super::byte::{byte_alphabet, byte_level_bpe_json};
-use super::Tokenizer;
+use ingot_tokenizer::byte::{byte_alphabet, byte_level_bpe_json};
+use ingot_tokenizer::Tokenizer;
+
 use crate::cli::TrainArgs;
 use crate::discover::{discover, InputFile};
 use crate::readers::{read_file, ReadOptions};

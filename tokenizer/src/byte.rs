@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::{Engine, Tokenizer};
+use crate::{Engine, Tokenizer};
 
 pub const BOS: u32 = 256;
 pub const EOS: u32 = 257;
