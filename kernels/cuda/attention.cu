@@ -13,6 +13,10 @@
 // correct and simple, not fast; it serves f32 storage, any head dim up to 256, and as the
 // reference of the tensor-core kernels further down (bf16, head dims 64 and 128).
 //
+// DECODE (attention_decode_*): the same online softmax for n new query rows of one sequence
+// against a key/value cache, row i at position past+i seeing cache rows 0..=past+i (generation
+// without recomputing the prefix); no lse.
+//
 // BACKWARD (recomputes P = exp(s * q.k - lse), never stores it):
 //
 //   delta_i = sum_d dO_id * O_id                      (attention_backward_delta)
@@ -70,6 +74,36 @@ __device__ __forceinline__ bool attn_row(u32 b, u32 heads, u32 t, u64* bi, u32* 
     return true;
 }
 
+// The online softmax of one query row (qr, in the warp's registers) over keys and values
+// j = 0 .. keys-1 at kb + j*kw and vb + j*kw, in order; leaves the unnormalised output in acc,
+// the running max in *m and the running sum in *l. The forward and the decode share it, so a
+// decoded row is computed exactly as the same row of the forward over the same keys.
+template <typename T>
+__device__ __forceinline__ void attn_online_row(float* acc, float* m_out, float* l_out,
+                                                const float* qr, const T* kb, const T* vb,
+                                                u64 kw, u32 keys, u32 hd, u32 lane,
+                                                float scale) {
+#pragma unroll
+    for (int r = 0; r < INGOT_ATTN_PER_LANE; ++r) acc[r] = 0.0f;
+    float m = INGOT_NEG_INF, l = 0.0f;
+    for (u32 j = 0; j < keys; ++j) {
+        const float s = attn_dot(qr, kb + j * kw, hd, lane) * scale;
+        const float m_new = fmaxf(m, s);
+        const float corr = expf(m - m_new);  // 0 on the first key (m = -inf)
+        const float p = expf(s - m_new);
+        l = l * corr + p;
+        const T* vj = vb + j * kw;
+#pragma unroll
+        for (int r = 0; r < INGOT_ATTN_PER_LANE; ++r) {
+            const u32 d = lane + 32u * r;
+            if (d < hd) acc[r] = acc[r] * corr + p * to_f32(vj[d]);
+        }
+        m = m_new;
+    }
+    *m_out = m;
+    *l_out = l;
+}
+
 template <typename T>
 __device__ __forceinline__ void attention_forward_impl(T* out, float* lse, const T* q,
                                                        const T* k, const T* v, u32 b, u32 t,
@@ -88,27 +122,41 @@ __device__ __forceinline__ void attention_forward_impl(T* out, float* lse, const
     }
     float qr[INGOT_ATTN_PER_LANE], acc[INGOT_ATTN_PER_LANE];
     attn_load(qr, q + q_at, hd, lane);
-#pragma unroll
-    for (int r = 0; r < INGOT_ATTN_PER_LANE; ++r) acc[r] = 0.0f;
-    float m = INGOT_NEG_INF, l = 0.0f;
-    const T* kb = k + bi * t * kw + (u64)g * hd;
-    const T* vb = v + bi * t * kw + (u64)g * hd;
-    for (u32 j = 0; j <= i; ++j) {
-        const float s = attn_dot(qr, kb + j * kw, hd, lane) * scale;
-        const float m_new = fmaxf(m, s);
-        const float corr = expf(m - m_new);  // 0 on the first key (m = -inf)
-        const float p = expf(s - m_new);
-        l = l * corr + p;
-        const T* vj = vb + j * kw;
-#pragma unroll
-        for (int r = 0; r < INGOT_ATTN_PER_LANE; ++r) {
-            const u32 d = lane + 32u * r;
-            if (d < hd) acc[r] = acc[r] * corr + p * to_f32(vj[d]);
-        }
-        m = m_new;
-    }
+    float m, l;
+    attn_online_row(acc, &m, &l, qr, k + bi * t * kw + (u64)g * hd,
+                    v + bi * t * kw + (u64)g * hd, kw, i + 1, hd, lane, scale);
     attn_store(out + q_at, acc, 1.0f / l, hd, lane);
     if (lane == 0) lse[(bi * nh + h) * t + i] = m + logf(l);
+}
+
+// DECODE (generation with a key/value cache): n new query rows q[n, nh*hd] of one sequence at
+// positions past .. past+n-1, whose keys (after RoPE) and values the host has already written
+// to rows past .. past+n-1 of the caches k_cache, v_cache [capacity, nkv*hd]. Query row i
+// attends to cache rows j = 0 ..= past+i: the causal mask of the forward, shifted by past.
+// One warp per (head, row), row index h * n + i (attn_row with b = 1, t = n), the same online
+// softmax as the forward (attn_online_row), so a prefill (past = 0) gives the forward's out
+// bit for bit. No lse: nothing runs backward through generation. With hd > 256 it writes NaNs.
+template <typename T>
+__device__ __forceinline__ void attention_decode_impl(T* out, const T* q, const T* k_cache,
+                                                      const T* v_cache, u32 n, u32 past,
+                                                      u32 nh, u32 nkv, u32 hd, float scale) {
+    u64 bi;
+    u32 h, i;
+    if (!attn_row(1, nh, n, &bi, &h, &i)) return;
+    const u32 lane = threadIdx.x & 31;
+    const u64 qw = (u64)nh * hd, kw = (u64)nkv * hd;
+    const u32 g = h / (nh / nkv);
+    const u64 q_at = (u64)i * qw + (u64)h * hd;
+    if (hd > INGOT_ATTN_MAX_HD) {
+        for (u32 d = lane; d < hd; d += 32) out[q_at + d] = from_f32<T>(INGOT_NAN);
+        return;
+    }
+    float qr[INGOT_ATTN_PER_LANE], acc[INGOT_ATTN_PER_LANE];
+    attn_load(qr, q + q_at, hd, lane);
+    float m, l;
+    attn_online_row(acc, &m, &l, qr, k_cache + (u64)g * hd, v_cache + (u64)g * hd, kw,
+                    past + i + 1, hd, lane, scale);
+    attn_store(out + q_at, acc, 1.0f / l, hd, lane);
 }
 
 // delta[b, nh, t] = rowsum(dout * out) per query row and head.
@@ -219,6 +267,11 @@ __device__ __forceinline__ void attention_backward_dkv_impl(T* dk, T* dv, const 
         T* out, float* lse, const T* q, const T* k, const T* v, u32 b, u32 t, u32 nh,     \
         u32 nkv, u32 hd, float scale) {                                                   \
         attention_forward_impl<T>(out, lse, q, k, v, b, t, nh, nkv, hd, scale);           \
+    }                                                                                     \
+    extern "C" __global__ void attention_decode_##SUFFIX(                                 \
+        T* out, const T* q, const T* k_cache, const T* v_cache, u32 n, u32 past, u32 nh,  \
+        u32 nkv, u32 hd, float scale) {                                                   \
+        attention_decode_impl<T>(out, q, k_cache, v_cache, n, past, nh, nkv, hd, scale);  \
     }                                                                                     \
     extern "C" __global__ void attention_backward_delta_##SUFFIX(                         \
         float* delta, const T* out, const T* dout, u32 b, u32 t, u32 nh, u32 hd) {        \

@@ -632,6 +632,22 @@ impl Gpu {
 
     // ---- attention.cu ----------------------------------------------------------------------
 
+    /// The head layout every attention kernel takes: query heads in whole groups per kv head,
+    /// and a head dim the warp-per-row kernels hold in registers.
+    fn attention_heads(nh: usize, nkv: usize, hd: usize) -> Result<(), Error> {
+        if nkv == 0 || !nh.is_multiple_of(nkv) {
+            return invalid(format!(
+                "attention: nh {nh} must be a multiple of nkv {nkv}"
+            ));
+        }
+        if hd == 0 || hd > ATTENTION_MAX_HD {
+            return invalid(format!(
+                "attention: head dim {hd} not in 1..={ATTENTION_MAX_HD}"
+            ));
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn attention_shapes(
         q: usize,
@@ -643,16 +659,7 @@ impl Gpu {
         nkv: usize,
         hd: usize,
     ) -> Result<[u32; 5], Error> {
-        if nkv == 0 || !nh.is_multiple_of(nkv) {
-            return invalid(format!(
-                "attention: nh {nh} must be a multiple of nkv {nkv}"
-            ));
-        }
-        if hd == 0 || hd > ATTENTION_MAX_HD {
-            return invalid(format!(
-                "attention: head dim {hd} not in 1..={ATTENTION_MAX_HD}"
-            ));
-        }
+        Self::attention_heads(nh, nkv, hd)?;
         check_len("attention q", q, b * t * nh * hd)?;
         check_len("attention k", k, b * t * nkv * hd)?;
         check_len("attention v", v, b * t * nkv * hd)?;
@@ -700,6 +707,66 @@ impl Gpu {
             a.arg(out).arg(lse).arg(q).arg(k).arg(v);
             a.arg(&b32)
                 .arg(&t32)
+                .arg(&nh32)
+                .arg(&nkv32)
+                .arg(&hd32)
+                .arg(&scale);
+        })
+    }
+
+    /// `attention_decode_{f32,bf16}`: causal GQA attention of `n` new query rows `q[n, nh*hd]`
+    /// of one sequence, at positions `past..past+n`, over the key/value caches
+    /// `k_cache`, `v_cache` `[capacity, nkv*hd]` whose rows `0..past+n` hold the keys (after
+    /// RoPE) and values of positions `0..past+n`, the new rows included; row `i` attends to
+    /// cache rows `0..=past+i`. Writes `out[n, nh*hd]` (no log-sum-exp: generation has no
+    /// backward). One warp per (head, row) (`nh*n` warps), blocks of 128 threads. `hd <= 256`,
+    /// `past + n <= capacity`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode<T: Storage>(
+        &self,
+        out: &mut CudaSlice<T>,
+        q: &CudaSlice<T>,
+        k_cache: &CudaSlice<T>,
+        v_cache: &CudaSlice<T>,
+        n: usize,
+        past: usize,
+        capacity: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+    ) -> Result<(), Error> {
+        Self::attention_heads(nh, nkv, hd)?;
+        check_len("attention_decode q", q.len(), n * nh * hd)?;
+        check_len("attention_decode out", out.len(), n * nh * hd)?;
+        check_len(
+            "attention_decode k_cache",
+            k_cache.len(),
+            capacity * nkv * hd,
+        )?;
+        check_len(
+            "attention_decode v_cache",
+            v_cache.len(),
+            capacity * nkv * hd,
+        )?;
+        // Rows past the capacity would be read outside the caches.
+        if past.checked_add(n).is_none_or(|end| end > capacity) {
+            return invalid(format!(
+                "attention_decode: {n} rows at position {past} exceed the cache's {capacity}"
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        // past + n fits too: the kernel computes the key count past + i + 1 in u32.
+        to_u32("past + n", past + n)?;
+        let (n32, past32) = (to_u32("n", n)?, to_u32("past", past)?);
+        let (nh32, nkv32, hd32) = (to_u32("nh", nh)?, to_u32("nkv", nkv)?, to_u32("hd", hd)?);
+        let scale = Self::attention_scale(hd);
+        let name = format!("attention_decode_{}", T::SUFFIX);
+        self.launch(&name, per_warp((nh * n) as u64)?, |a| {
+            a.arg(out).arg(q).arg(k_cache).arg(v_cache);
+            a.arg(&n32)
+                .arg(&past32)
                 .arg(&nh32)
                 .arg(&nkv32)
                 .arg(&hd32)

@@ -87,6 +87,8 @@ pub const UNITS: &[Unit] = &[
         [
             "attention_forward_f32",
             "attention_forward_bf16",
+            "attention_decode_f32",
+            "attention_decode_bf16",
             "attention_backward_delta_f32",
             "attention_backward_delta_bf16",
             "attention_backward_dq_f32",
