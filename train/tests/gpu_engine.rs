@@ -39,6 +39,13 @@
 //!   tolerance), and the curve must actually fall (the data is learnable), so a broken
 //!   update cannot pass by staying flat.
 //!
+//! Generation with a key/value cache (`begin_sequence`, `extend_sequence`): a 7-token prompt
+//! in one pass, then 8 greedy tokens one at a time, and chunks of several tokens after a
+//! prefix, each against the last row of `logits` over the whole prefix on the same engine
+//! ([`GEN_TOL`] = 1e-4 in f32, [`BF16_GEN_TOL`] = 4e-2 in bf16, relative to the largest
+//! logit), with the same greedy tokens where both paths run the same attention kernels; and
+//! its one-line refusals.
+//!
 //! A wrong index, transpose, scale or accumulation gives errors of order 1, far above these.
 //!
 //! Without a usable GPU (no driver, no device, no NVRTC, no cuBLASLt) the test prints
@@ -477,4 +484,174 @@ fn bf16_training_run(c: &ModelConfig) {
         );
     }
     assert!(resumed.params() == gpu.params(), "resumed weights differ");
+}
+
+// ---- generation with a key/value cache --------------------------------------------------------
+
+/// Error of a cached logits row against the uncached one, in f32: the largest difference over
+/// the largest logit (what can move an argmax). The two paths run the same f32 kernels on the
+/// same values; only cuBLASLt's summation order may change with the row count (1 row against
+/// the whole prefix), a few f32 roundings (~1e-7) per operation, as [`FWD_TOL`] allows between
+/// GPU and CPU; 1e-4 leaves room for their growth through the layers.
+const GEN_TOL: f64 = 1e-4;
+/// As [`GEN_TOL`] in bf16: twice [`BF16_LOGITS_TOL`]. Each path rounds its activations to bf16
+/// (2⁻⁹ relative per rounding, ~10 roundings in sequence), and not always from the same f32
+/// sums: cuBLASLt may pick another GEMM algorithm for 1 row than for 15, and at head dim 64
+/// the uncached forward runs attention on tensor cores (P rounded to bf16 before P V) while
+/// the cached one uses the warp-per-row decode kernel. Each path is within about
+/// `BF16_LOGITS_TOL` = 2e-2 of the f32 logits (on the stand-in device, 12 seeds: up to
+/// 1.7e-2 for either path against the CPU engine, 1.6e-2 between them at head dim 64, 0 at
+/// head dim 16), so they can differ by twice that. A wrong position moves them by far more
+/// (RoPE of every chunk at position 0: about 0.2 of the largest logit, in f32 and bf16).
+const BF16_GEN_TOL: f64 = 2.0 * BF16_LOGITS_TOL;
+
+/// `max |a − b| / max |b|`, after checking that `a` is finite.
+fn rel_max(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().all(|x| x.is_finite()), "non-finite cached logits");
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).abs())
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|&y| f64::from(y).abs()).fold(0.0, f64::max);
+    diff / scale.max(1e-30)
+}
+
+/// The gap between the two largest logits over the largest magnitude: how far a row is from
+/// a tie, printed so that a greedy mismatch can be told from a near tie.
+fn top_margin(x: &[f32]) -> f64 {
+    let best = argmax(x) as usize;
+    let second = x
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .map(|(_, &y)| f64::from(y))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let scale = x.iter().map(|&y| f64::from(y).abs()).fold(0.0, f64::max);
+    (f64::from(x[best]) - second) / scale.max(1e-30)
+}
+
+/// The id of the largest logit (the first of equals): greedy decoding.
+fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The last row of `Engine::logits(prefix)`: the uncached reference.
+fn last_logits<T: Storage>(e: &mut CudaEngine<T>, prefix: &[u32]) -> Vec<f32> {
+    let v = e.config().vocab_size;
+    let all = e.logits(prefix).unwrap();
+    all[(prefix.len() - 1) * v..].to_vec()
+}
+
+/// Asserts that `result` is a one-line error containing `want`.
+fn one_line_error<X: std::fmt::Debug>(result: anyhow::Result<X>, want: &str) {
+    let msg = format!("{:#}", result.expect_err(want));
+    println!("expected: {msg}");
+    assert!(msg.contains(want), "{msg:?} does not say {want:?}");
+    assert!(!msg.contains('\n'), "{msg:?} is not one line");
+}
+
+/// Generation with the cache against the uncached forward on one engine: a prompt of 7
+/// tokens in one pass, then 8 greedy tokens one at a time up to the capacity of 15; every
+/// step's logits against `logits(prefix)`'s last row (uncached calls interleaved, so they
+/// must not disturb the cache), within `tol`, with the same greedy token (so greedy decoding
+/// with and without the cache gives the same tokens) wherever both paths run the same
+/// attention kernels; then chunks of 5, 1, 3 and 7 tokens of another sequence; and the
+/// refusals.
+fn generate<T: Storage>(c: &ModelConfig, tol: f64) {
+    let Some(mut e) = cuda::<T>(c, params(c, 41)) else {
+        return;
+    };
+    println!("{} (head dim {})", e.name(), c.head_dim());
+    let v = c.vocab_size;
+    one_line_error(e.extend_sequence(&[1]), "no sequence to extend");
+    one_line_error(e.begin_sequence(0), "the model takes 1 to 64");
+    one_line_error(
+        e.begin_sequence(c.max_seq_len + 1),
+        "the model takes 1 to 64",
+    );
+
+    let (prompt_len, new_tokens) = (7, 8);
+    let mut seq = tokens(prompt_len, v, 42);
+    e.begin_sequence(prompt_len + new_tokens).unwrap();
+    let mut out = e.extend_sequence(&seq).unwrap();
+    for step in 0..=new_tokens {
+        let want = last_logits(&mut e, &seq);
+        let err = rel_max(&out, &want);
+        let (got_tok, want_tok) = (argmax(&out), argmax(&want));
+        println!(
+            "{} positions: cached vs uncached logits {err:.2e} (tol {tol:.0e}), greedy {got_tok} / {want_tok} (margin {:.2e})",
+            seq.len(),
+            top_margin(&want)
+        );
+        assert!(
+            err < tol,
+            "{} positions: logits differ by {err:e}",
+            seq.len()
+        );
+        // With the same kernels on both paths the greedy tokens must agree. With tensor-core
+        // attention on the uncached path only, the rows differ by ~1e-2 of the largest logit
+        // (see BF16_GEN_TOL), more than some steps' top-two margin, so a near tie may go
+        // either way: there the logits bound above is the check.
+        if !e.tensor_core_attention() {
+            assert_eq!(
+                got_tok,
+                want_tok,
+                "{} positions: greedy tokens (uncached top-two margin {:.2e})",
+                seq.len(),
+                top_margin(&want)
+            );
+        }
+        if step == new_tokens {
+            break;
+        }
+        if step == 3 {
+            // Refused calls leave the sequence as it was (checked by the next steps).
+            one_line_error(
+                e.extend_sequence(&[v as u32]),
+                "outside the model's vocabulary",
+            );
+            one_line_error(e.extend_sequence(&[]), "no tokens");
+        }
+        seq.push(got_tok);
+        out = e.extend_sequence(&[got_tok]).unwrap();
+    }
+    one_line_error(e.extend_sequence(&[0]), "it was begun with room for 15");
+
+    // Chunks of several tokens after a prefix (n > 1 at past > 0), in a new sequence.
+    let other = tokens(16, v, 43);
+    e.begin_sequence(c.max_seq_len).unwrap();
+    let mut end = 0;
+    for chunk in [5, 1, 3, 7] {
+        let got = e.extend_sequence(&other[end..end + chunk]).unwrap();
+        end += chunk;
+        let err = rel_max(&got, &last_logits(&mut e, &other[..end]));
+        println!("chunk of {chunk} to {end} positions: logits {err:.2e}");
+        assert!(err < tol, "chunk to {end}: logits differ by {err:e}");
+    }
+
+    // New weights end the sequence: its cache holds the old weights' keys and values.
+    let p = e.params();
+    e.set_params(&p).unwrap();
+    one_line_error(e.extend_sequence(&[0]), "no sequence to extend");
+}
+
+#[test]
+fn generation_with_a_cache_matches_the_uncached_forward() {
+    generate::<f32>(&config(false), GEN_TOL);
+}
+
+/// bf16, at head dim 16 and at head dim 64 (where the uncached attention runs on tensor
+/// cores, the cached one on the warp-per-row decode kernel).
+#[test]
+fn bf16_generation_with_a_cache_matches_the_uncached_forward() {
+    generate::<Bf16>(&config(true), BF16_GEN_TOL);
+    generate::<Bf16>(&config_hd64(), BF16_GEN_TOL);
 }

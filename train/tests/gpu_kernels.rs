@@ -827,6 +827,143 @@ fn attention_mma_rejects_unsupported_shapes() {
         .is_err());
 }
 
+/// `attention_decode_{f32,bf16}`: the `n` new query rows at positions `past..past+n` of a
+/// sequence of `t = past + n`, over caches of `capacity` rows whose first `t` hold the
+/// sequence's keys and values and whose rest is NaN (a read past row `past+i` would turn the
+/// output NaN, and `check` wants it finite). Against the CPU forward of the whole sequence,
+/// its last `n` rows: [`tol`] (1e-5 f32, 1e-2 bf16); and bit for bit against the last `n` rows
+/// of `attention_forward_*` on the GPU, whose arithmetic per row it shares (same online
+/// softmax over the same keys in the same order).
+#[allow(clippy::too_many_arguments)]
+fn attention_decode<T: Storage>(
+    seed: u64,
+    past: usize,
+    n: usize,
+    capacity: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(seed);
+    let s = T::SUFFIX;
+    let t = past + n;
+    let tag = format!("past={past} n={n} capacity={capacity} nh={nh} nkv={nkv} hd={hd}");
+    let (qw, kw) = (nh * hd, nkv * hd);
+    let q = rounded::<T>(&rng.vec(t * qw, 3.0));
+    let k = rounded::<T>(&rng.vec(t * kw, 1.0));
+    let v = rounded::<T>(&rng.vec(t * kw, 1.0));
+
+    let mut out_cpu = vec![0.0f32; t * qw];
+    let mut probs = vec![0.0f32; nh * t * t];
+    ops::attention_forward(&mut out_cpu, &mut probs, &q, &k, &v, 1, t, nh, nkv, hd);
+
+    let cache = |x: &[f32]| {
+        let mut c = store::<T>(x);
+        c.resize(capacity * kw, T::NAN);
+        up(g, &c)
+    };
+    let (k_cache, v_cache) = (cache(&k), cache(&v));
+    let q_new = up(g, &store::<T>(&q[past * qw..]));
+    let mut out = poisoned::<T>(g, n * qw);
+    g.attention_decode(
+        &mut out, &q_new, &k_cache, &v_cache, n, past, capacity, nh, nkv, hd,
+    )
+    .unwrap();
+    let out_gpu = down(g, &out);
+    check(
+        &format!("attention_decode_{s} {tag}"),
+        &out_gpu,
+        &out_cpu[past * qw..],
+        tol::<T>(),
+    );
+
+    let mut out_fwd = poisoned::<T>(g, t * qw);
+    let mut lse = poisoned::<f32>(g, nh * t);
+    g.attention_forward(
+        &mut out_fwd,
+        &mut lse,
+        &up(g, &store::<T>(&q)),
+        &up(g, &store::<T>(&k)),
+        &up(g, &store::<T>(&v)),
+        1,
+        t,
+        nh,
+        nkv,
+        hd,
+    )
+    .unwrap();
+    check_bits(
+        &format!("attention_decode_{s} vs attention_forward_{s} {tag}"),
+        &out_gpu,
+        &down(g, &out_fwd)[past * qw..],
+    );
+}
+
+/// attention_decode_f32 with GQA (nh 4 over nkv 2): several rows after a prefix (past 30,
+/// n 7), one row, a prefill (past 0), the first position alone, a full cache, odd head dims
+/// (lane masking) and the largest (256): 1e-5 and bitwise against the forward.
+#[test]
+fn attention_decode_f32_gqa() {
+    attention_decode::<f32>(40, 30, 7, 45, 4, 2, 64);
+    attention_decode::<f32>(41, 40, 1, 41, 4, 2, 64);
+    attention_decode::<f32>(42, 0, 9, 16, 4, 2, 64);
+    attention_decode::<f32>(43, 0, 1, 1, 4, 2, 16);
+    attention_decode::<f32>(44, 17, 5, 22, 4, 2, 48);
+    attention_decode::<f32>(45, 6, 3, 12, 2, 1, 256);
+}
+
+/// attention_decode_bf16 with GQA (nh 4 over nkv 2) at hd 64 and 128, and plain heads at
+/// hd 16: 1e-2, bitwise against the bf16 forward.
+#[test]
+fn attention_decode_bf16_gqa() {
+    attention_decode::<Bf16>(46, 30, 7, 40, 4, 2, 64);
+    attention_decode::<Bf16>(47, 50, 1, 64, 4, 2, 128);
+    attention_decode::<Bf16>(48, 11, 4, 15, 4, 4, 16);
+}
+
+/// The decode launcher refuses, before launching: rows past the capacity, caches or query
+/// buffers of the wrong length, nh not a multiple of nkv and head dims over 256.
+#[test]
+fn attention_decode_rejects_bad_shapes() {
+    let Some(g) = gpu() else { return };
+    let z = |n: usize| g.zeros::<f32>(n).unwrap();
+    // 4 heads over 2 kv heads of 8: q rows of 32, cache rows of 16.
+    let (q, kc, vc) = (z(2 * 32), z(10 * 16), z(10 * 16));
+    let mut out = z(2 * 32);
+    g.attention_decode(&mut out, &q, &kc, &vc, 2, 8, 10, 4, 2, 8)
+        .unwrap();
+    for (case, err) in [
+        (
+            "past + n > capacity",
+            g.attention_decode(&mut out, &q, &kc, &vc, 2, 9, 10, 4, 2, 8),
+        ),
+        (
+            "short k cache",
+            g.attention_decode(&mut out, &q, &z(9 * 16), &vc, 2, 0, 10, 4, 2, 8),
+        ),
+        (
+            "short v cache",
+            g.attention_decode(&mut out, &q, &kc, &z(9 * 16), 2, 0, 10, 4, 2, 8),
+        ),
+        (
+            "q of 3 rows for n 2",
+            g.attention_decode(&mut out, &z(3 * 32), &kc, &vc, 2, 0, 10, 4, 2, 8),
+        ),
+        (
+            "nh 3 over nkv 2",
+            g.attention_decode(&mut z(2 * 24), &z(2 * 24), &kc, &vc, 2, 0, 10, 3, 2, 8),
+        ),
+        (
+            "hd 512",
+            g.attention_decode(&mut z(512), &z(512), &z(512), &z(512), 1, 0, 1, 1, 1, 512),
+        ),
+    ] {
+        let e = err.expect_err(case);
+        println!("expected ({case}): {e}");
+    }
+}
+
 // ---- swiglu -------------------------------------------------------------------------------------
 
 fn swiglu<T: Storage>(seed: u64) {

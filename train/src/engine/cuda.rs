@@ -19,6 +19,11 @@
 //! (`T` and f32 statistics) sized for the largest micro-batch seen (in tokens); a smaller
 //! shape reuses them, so a warm step allocates no device memory.
 //!
+//! Generation ([`CudaEngine::begin_sequence`], [`CudaEngine::extend_sequence`]) keeps per layer
+//! a key and a value cache `[capacity, n_kv_heads * head_dim]` in `T`, allocated when the
+//! sequence begins; the k and v GEMMs of new tokens write straight into their cache rows, and
+//! attention over the cache is `attention_decode_*` (warp per query row and head).
+//!
 //! The typed launchers of `ingot_kernels::launch` take whole `CudaSlice`s of exact lengths, so
 //! tensors inside a flat buffer (a norm's weight, the embedding's gradient, one slab of
 //! logits) are passed as [`Alias`]es: non-owning `CudaSlice`s over a sub-range, made with
@@ -317,6 +322,29 @@ impl<T: Storage> TensorViews<T> {
     }
 }
 
+/// The key/value cache of the sequence being generated ([`CudaEngine::begin_sequence`]).
+struct Sequence<T> {
+    capacity: usize,
+    /// Positions already in the cache (the next token's position).
+    past: usize,
+    /// Per layer, keys (after RoPE) and values `[capacity, n_kv_heads * head_dim]`.
+    k: Vec<DevBuf<T>>,
+    v: Vec<DevBuf<T>>,
+    /// RoPE tables `[capacity, head_dim / 2]`: a chunk at `past` reads them from row `past`
+    /// on through a view, so the rotation kernel sees positions `past..` as its rows `0..`.
+    cos: DevBuf<f32>,
+    sin: DevBuf<f32>,
+    /// The f32 logits of a chunk's last row.
+    logits: CudaSlice<f32>,
+}
+
+/// Device bytes of a [`Sequence`] of `capacity` positions.
+fn sequence_bytes(c: &ModelConfig, capacity: usize, elem_bytes: usize) -> u64 {
+    let kv = 2 * c.n_layers * capacity * c.n_kv_heads * c.head_dim() * elem_bytes;
+    let tables = 2 * capacity * (c.head_dim() / 2) * 4;
+    (kv + tables + c.vocab_size * 4) as u64
+}
+
 /// `y[n, out] = x[n, in] · wᵀ` with `w` the weight at `off`.
 #[allow(clippy::too_many_arguments)]
 fn linear<T: Storage>(
@@ -438,6 +466,8 @@ pub struct CudaEngine<T: Storage = f32> {
     clip_scale: CudaSlice<f32>,
     /// RoPE tables `(seq, cos, sin)` for the longest sequence seen.
     rope: Option<(usize, CudaSlice<f32>, CudaSlice<f32>)>,
+    /// The sequence being generated with a key/value cache, if any.
+    sequence: Option<Sequence<T>>,
     host_targets: Vec<u32>,
     /// Rows per LM-head slab ([`lm_head_rows`]).
     lm_head_rows: usize,
@@ -513,11 +543,18 @@ impl<T: Storage> CudaEngine<T> {
             norm_partials,
             clip_scale,
             rope: None,
+            sequence: None,
             host_targets: Vec::new(),
             lm_head_rows,
             mma_attention,
             step: 0,
         })
+    }
+
+    /// Whether attention runs on the tensor-core kernels ([`choose_attention`]); generation
+    /// with the cache always uses the warp-per-row decode kernel.
+    pub fn tensor_core_attention(&self) -> bool {
+        self.mma_attention
     }
 
     /// Sets the rows per LM-head slab (at least 1), so that tests can make a small batch take
@@ -668,8 +705,17 @@ impl<T: Storage> CudaEngine<T> {
         Ok(())
     }
 
-    /// Forward pass up to the final norm (`hf`), as the CPU's `forward_trunk`.
-    fn forward_trunk(&mut self, tokens: &[u32], batch: usize, seq: usize) -> Result<()> {
+    /// Forward pass up to the final norm (`hf`), as the CPU's `forward_trunk`. With `cached`
+    /// (`batch` 1), the `seq` tokens are the next positions of the generated sequence: their
+    /// keys and values go into its cache at row `past` and attention reads the whole cache
+    /// (the caller advances `past`).
+    fn forward_trunk(
+        &mut self,
+        tokens: &[u32],
+        batch: usize,
+        seq: usize,
+        cached: bool,
+    ) -> Result<()> {
         self.ensure_shape(batch, seq)?;
         let c = &self.config;
         let (n, d, f, hd) = (batch * seq, c.dim, c.ffn_dim, c.head_dim());
@@ -678,10 +724,31 @@ impl<T: Storage> CudaEngine<T> {
         let eps = c.rms_norm_eps as f32;
         let mma_attention = self.mma_attention;
         let (gpu, blas, l) = (&self.gpu, &self.blas, &self.layout);
+        let stream = &gpu.stream;
         let p = &self.work.owner;
         let pv = &self.wv;
         let (Some(s), Some((_, cos, sin))) = (self.shape.as_mut(), self.rope.as_ref()) else {
             bail!("activations missing");
+        };
+        let sequence = match (cached, self.sequence.as_ref()) {
+            (false, _) => None,
+            (true, Some(sq)) if batch == 1 && sq.past + seq <= sq.capacity => Some(sq),
+            (true, _) => bail!("no key/value cache for {seq} more positions"),
+        };
+        // The RoPE tables from the chunk's first position on (views of the sequence's).
+        let tables = match sequence {
+            Some(sq) => {
+                let half = hd / 2;
+                Some((
+                    sq.cos.alias(stream, sq.past * half, seq * half)?,
+                    sq.sin.alias(stream, sq.past * half, seq * half)?,
+                ))
+            }
+            None => None,
+        };
+        let (cos, sin) = match &tables {
+            Some((cos, sin)) => (&**cos, &**sin),
+            None => (cos, sin),
         };
         gpu.upload_into(tokens, &mut s.tokens)?;
         let acts = &mut s.acts;
@@ -700,28 +767,50 @@ impl<T: Storage> CudaEngine<T> {
                 eps,
             )?;
             linear(blas, &mut b.q, &b.h1, p, w.wq, n, d, qd)?;
-            linear(blas, &mut b.k, &b.h1, p, w.wk, n, d, kvd)?;
-            linear(blas, &mut b.v, &b.h1, p, w.wv, n, d, kvd)?;
             gpu.rope(&mut *b.q, cos, sin, batch, seq, nh, hd, false)?;
-            gpu.rope(&mut *b.k, cos, sin, batch, seq, nkv, hd, false)?;
-            let attention_forward = if mma_attention {
-                Gpu::attention_forward_mma::<T>
+            if let Some(sq) = sequence {
+                // The new keys and values are written straight into their cache rows (the
+                // GEMMs' outputs are views of them), so nothing is copied afterwards.
+                let mut k = sq.k[i].alias(stream, sq.past * kvd, n * kvd)?;
+                let mut v = sq.v[i].alias(stream, sq.past * kvd, n * kvd)?;
+                linear(blas, &mut k, &b.h1, p, w.wk, n, d, kvd)?;
+                linear(blas, &mut v, &b.h1, p, w.wv, n, d, kvd)?;
+                gpu.rope(&mut *k, cos, sin, batch, seq, nkv, hd, false)?;
+                gpu.attention_decode(
+                    &mut *b.att,
+                    &b.q,
+                    &sq.k[i].owner,
+                    &sq.v[i].owner,
+                    n,
+                    sq.past,
+                    sq.capacity,
+                    nh,
+                    nkv,
+                    hd,
+                )?;
             } else {
-                Gpu::attention_forward::<T>
-            };
-            attention_forward(
-                gpu,
-                &mut *b.att,
-                &mut b.lse,
-                &b.q,
-                &b.k,
-                &b.v,
-                batch,
-                seq,
-                nh,
-                nkv,
-                hd,
-            )?;
+                linear(blas, &mut b.k, &b.h1, p, w.wk, n, d, kvd)?;
+                linear(blas, &mut b.v, &b.h1, p, w.wv, n, d, kvd)?;
+                gpu.rope(&mut *b.k, cos, sin, batch, seq, nkv, hd, false)?;
+                let attention_forward = if mma_attention {
+                    Gpu::attention_forward_mma::<T>
+                } else {
+                    Gpu::attention_forward::<T>
+                };
+                attention_forward(
+                    gpu,
+                    &mut *b.att,
+                    &mut b.lse,
+                    &b.q,
+                    &b.k,
+                    &b.v,
+                    batch,
+                    seq,
+                    nh,
+                    nkv,
+                    hd,
+                )?;
+            }
             linear(blas, &mut b.x_mid, &b.att, p, w.wo, n, qd, d)?;
             gpu.add_inplace(&mut *b.x_mid, &b.x_in)?;
             gpu.rmsnorm_forward(
@@ -755,6 +844,77 @@ impl<T: Storage> CudaEngine<T> {
         Ok(())
     }
 
+    /// Starts a new sequence decoded with a key/value cache of `capacity` positions
+    /// (1 ≤ capacity ≤ the model's `max_seq_len`, else a one-line error), dropping any
+    /// previous one. Allocates per layer a key and a value cache `[capacity, n_kv_heads *
+    /// head_dim]` in `T` and RoPE tables for `capacity` positions; changing the weights
+    /// (`set_params`, `step`) ends the sequence, since its cache was computed with the old ones.
+    pub fn begin_sequence(&mut self, capacity: usize) -> Result<()> {
+        super::check_capacity(&self.config, capacity)?;
+        let c = &self.config;
+        let elem = size_of::<T>();
+        let freed = self
+            .sequence
+            .as_ref()
+            .map_or(0, |sq| sequence_bytes(c, sq.capacity, elem));
+        fits(
+            sequence_bytes(c, capacity, elem),
+            free_memory(&self.gpu)? + freed,
+            &format!("cuda:{}", self.gpu.info.ordinal),
+            &format!("the key/value cache of {capacity} positions"),
+            "generate fewer tokens or use a shorter prompt",
+        )?;
+        self.sequence = None;
+        let stream = self.gpu.stream.clone();
+        let kvd = c.n_kv_heads * c.head_dim();
+        let cache = || -> Result<Vec<DevBuf<T>>> {
+            (0..c.n_layers)
+                .map(|_| DevBuf::from_slice(&stream, self.gpu.zeros::<T>(capacity * kvd)?))
+                .collect()
+        };
+        let (k, v) = (cache()?, cache()?);
+        let (cos, sin) = self.gpu.rope_tables(capacity, c.head_dim(), c.rope_theta)?;
+        self.sequence = Some(Sequence {
+            capacity,
+            past: 0,
+            k,
+            v,
+            cos: DevBuf::from_slice(&stream, cos)?,
+            sin: DevBuf::from_slice(&stream, sin)?,
+            logits: self.gpu.zeros::<f32>(c.vocab_size)?,
+        });
+        Ok(())
+    }
+
+    /// Runs `tokens` (a whole prompt in one batched pass, or one new token) at the next
+    /// positions of the cached sequence, appending their keys and values to the cache, and
+    /// returns the f32 logits `[vocab]` of the last of them: the same as the last row of
+    /// [`Engine::logits`] over the whole sequence so far, within the storage type's rounding.
+    /// Errors (one line): no sequence begun, empty `tokens`, an id outside the vocabulary, or
+    /// more positions than the capacity; after one the sequence is as it was.
+    pub fn extend_sequence(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let Some(sq) = self.sequence.as_ref() else {
+            // Also after a weight change, which ends the sequence.
+            bail!("no sequence to extend: begin one first");
+        };
+        super::check_extension(&self.config, tokens, sq.past, sq.capacity)?;
+        let (n, v) = (tokens.len(), self.config.vocab_size);
+        self.forward_trunk(tokens, 1, n, true)?;
+        let d = self.config.dim;
+        let lm = self.layout.lm_head;
+        let (Some(s), Some(sq)) = (self.shape.as_ref(), self.sequence.as_mut()) else {
+            bail!("activations missing");
+        };
+        // The LM head of the last row only: one row × vocab, in f32 as in `logits`.
+        let last = s.acts.hf.slice((n - 1) * d..n * d);
+        let w_lm = self.work.owner.slice(lm..lm + v * d);
+        self.blas
+            .linear_forward::<T, f32>(&mut sq.logits, &last, &w_lm, 1, d, v)?;
+        let logits = self.gpu.download(&sq.logits)?;
+        sq.past += n;
+        Ok(logits)
+    }
+
     /// Mean loss and, when `grad_scale` is given, gradients added into `grads`, as the CPU's
     /// `Model::forward_backward`.
     fn forward_backward_impl(&mut self, batch: &Batch, grad_scale: Option<f32>) -> Result<f32> {
@@ -763,7 +923,7 @@ impl<T: Storage> CudaEngine<T> {
             // No rows: no loss terms and no gradient (the CPU engine returns 0 / 1 too).
             return Ok(0.0);
         }
-        self.forward_trunk(batch.tokens, bsz, seq)?;
+        self.forward_trunk(batch.tokens, bsz, seq, false)?;
         // Next-token targets: position t of a row predicts token t+1; the last predicts nothing.
         let mut targets = std::mem::take(&mut self.host_targets);
         targets.clear();
@@ -958,7 +1118,7 @@ impl<T: Storage> Engine for CudaEngine<T> {
         }
         .check(self.config.vocab_size)?;
         let seq = tokens.len();
-        self.forward_trunk(tokens, 1, seq)?;
+        self.forward_trunk(tokens, 1, seq, false)?;
         let (d, v) = (self.config.dim, self.config.vocab_size);
         let lm = self.layout.lm_head;
         let Some(s) = self.shape.as_ref() else {
@@ -992,6 +1152,8 @@ impl<T: Storage> Engine for CudaEngine<T> {
             None => 1.0,
         };
         self.gpu.upload_into(&[scale], &mut self.clip_scale)?;
+        // The weights change: the cache holds keys and values of the old ones.
+        self.sequence = None;
         self.step += 1;
         let hyper = AdamWHyper {
             beta1: opt.beta1,
@@ -1032,6 +1194,8 @@ impl<T: Storage> Engine for CudaEngine<T> {
                 self.layout.len()
             );
         }
+        // The cache holds keys and values of the old weights.
+        self.sequence = None;
         self.gpu.upload_into(params, &mut self.master)?;
         self.gpu
             .upload_into(&to_storage::<T>(params), &mut self.work.owner)?;
