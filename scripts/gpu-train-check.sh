@@ -6,7 +6,8 @@
 #      the second half must equal run 1's bit for bit (same losses, norms and validation losses);
 #   3. on the CPU: the GPU's final validation loss must be within 5% of the CPU's (bf16
 #      against f32), and both must have fallen below 80% of the first one;
-#   4. `train sample` loads the GPU run's best checkpoint;
+#   4. `train sample` and `train eval` load the GPU run's best checkpoint with --device: greedy
+#      text with the key/value cache equals the uncached path's (f32), eval within 5% of the CPU;
 #   5. a micro-batch whose activations cannot fit on the GPU is refused with one line and no
 #      run directory.
 # Scripts/gpu-check.sh runs it with the bundle's binaries; DEVICE=cpu runs steps 1-4 on the
@@ -77,9 +78,31 @@ if abs(gpu_val - cpu_val) > 0.05 * cpu_val:
     sys.exit("FAIL: the final validation loss is more than 5% away from the CPU's")
 PY
 
-echo "== 4. sample from the checkpoint"
-"$bin/train" sample --checkpoint "$work/straight/checkpoints/best" --prompt "The lantern" \
-    --max-new-tokens 40
+echo "== 4. sample and eval from the checkpoint with --device $device"
+best="$work/straight/checkpoints/best"
+"$bin/train" sample --checkpoint "$best" --prompt "The lantern" --max-new-tokens 40 --device "$device"
+# Greedy in f32: the key/value cache must give the tokens of the uncached path.
+greedy=(sample --checkpoint "$best" --prompt "The lantern" --max-new-tokens 24 --temperature 0
+    --device "$device" --dtype f32)
+cached=$("$bin/train" "${greedy[@]}" 2>/dev/null)
+uncached=$("$bin/train" "${greedy[@]}" --no-kv-cache 2>/dev/null)
+if [ "$cached" != "$uncached" ]; then
+    echo "FAIL: greedy text with the cache differs from the uncached path:"
+    printf '  cached:   %q\n  uncached: %q\n' "$cached" "$uncached"
+    exit 1
+fi
+echo "greedy with and without the key/value cache: the same 24 tokens"
+eval_args=(eval --checkpoint "$best" --shards "$work/shards" --max-batches 4 --batch-size 4 --json)
+"$bin/train" "${eval_args[@]}" --device "$device" >"$work/eval-device.json"
+"$bin/train" "${eval_args[@]}" --device cpu >"$work/eval-cpu.json"
+python3 - "$work" <<'PY'
+import json, sys
+here, cpu = (json.load(open(f"{sys.argv[1]}/eval-{k}.json")) for k in ("device", "cpu"))
+rel = abs(here["loss"] - cpu["loss"]) / cpu["loss"]
+print(f"train eval: loss {here['loss']:.4f} ({here['engine']}), {cpu['loss']:.4f} on the CPU (rel {rel:.2e})")
+if rel > 0.05:
+    sys.exit("FAIL: train eval's loss is more than 5% away from the CPU's")
+PY
 
 if [ "$device" = cuda ]; then
     echo "== 5. a micro-batch too large for the GPU is refused in one line, before the run starts"

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use common::*;
 use ingot_train::checkpoint::{self, hf};
-use ingot_train::cli::{Cli, Command, EvalArgs, SampleArgs, TrainArgs};
+use ingot_train::cli::{Cli, Command, TrainArgs};
 
 /// A small byte-level dataset: 400 generated documents, blocks of 64, with a val split.
 fn dataset(dir: &Path) -> PathBuf {
@@ -150,35 +150,72 @@ fn a_run_learns_and_writes_a_hugging_face_checkpoint() {
         .all(|(a, b)| a.to_bits() == b.to_bits()));
 
     // sample and eval accept the checkpoint.
-    let text = ingot_train::sample::run(&SampleArgs {
-        checkpoint: ck.clone(),
-        prompt: "The ".into(),
-        max_new_tokens: 20,
-        temperature: 0.8,
-        top_k: 40,
-        top_p: 0.95,
-        seed: 3,
-        threads: None,
-    })
-    .unwrap();
-    assert!(text.starts_with("The ") && text.len() > 4, "{text:?}");
-    let report = ingot_train::evaluate::run(&EvalArgs {
-        checkpoint: ck,
-        shards: shards.clone(),
-        split: "val".into(),
-        batch_size: 4,
-        seq_len: Some(32),
-        max_batches: 2,
-        threads: None,
-    })
-    .unwrap();
-    assert!(report.loss.is_finite() && report.perplexity > 1.0);
-    let Some(Command::Sample(_)) = Cli::try_parse_from(["train", "sample", "--checkpoint", "x"])
-        .unwrap()
-        .command
+    let ck_s = path_str(&ck);
+    let Some(Command::Sample(sample)) = Cli::try_parse_from([
+        "train",
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--prompt",
+        "The ",
+        "--max-new-tokens",
+        "20",
+        "--seed",
+        "3",
+    ])
+    .unwrap()
+    .command
     else {
-        panic!()
+        panic!("train sample did not parse")
     };
+    let out = ingot_train::sample::run(&sample).unwrap();
+    let text = out.text;
+    assert!(text.starts_with("The ") && text.len() > 4, "{text:?}");
+    assert!(out.new_tokens > 0 && out.tokens_per_second > 0.0);
+    // Past the model's context (max_position_embeddings 256 here): one line, nothing generated.
+    let Some(Command::Sample(long)) = Cli::try_parse_from([
+        "train",
+        "sample",
+        "--checkpoint",
+        ck_s,
+        "--max-new-tokens",
+        "256",
+    ])
+    .unwrap()
+    .command
+    else {
+        panic!("train sample did not parse")
+    };
+    let e = format!("{:#}", ingot_train::sample::run(&long).unwrap_err());
+    assert!(
+        e.contains("--max-new-tokens 256") && e.contains("context of 256"),
+        "{e}"
+    );
+    let shards_s = path_str(&shards);
+    let Some(Command::Eval(eval)) = Cli::try_parse_from([
+        "train",
+        "eval",
+        "--checkpoint",
+        ck_s,
+        "--shards",
+        shards_s,
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--max-batches",
+        "2",
+        "--device",
+        "cpu",
+    ])
+    .unwrap()
+    .command
+    else {
+        panic!("train eval did not parse")
+    };
+    let report = ingot_train::evaluate::run(&eval).unwrap();
+    assert_eq!(report.sequences, 8);
+    assert!(report.loss.is_finite() && report.perplexity > 1.0);
 }
 
 #[test]
@@ -288,7 +325,16 @@ fn bad_inputs_are_refused_before_any_work() {
         msg.contains("--dtype bf16") && msg.contains("f32 only"),
         "{msg}"
     );
-    assert!(error_of(&shards, &out, &["--dtype", "f16"]).contains("expected bf16 or f32"));
+    // Device and dtype are parsed into enums: clap refuses other values in one line.
+    for (flag, bad, want) in [
+        ("--dtype", "f16", "bf16, f32"),
+        ("--device", "gpu", "cuda[:N]"),
+    ] {
+        let e = Cli::try_parse_from(["train", flag, bad])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(bad) && e.contains(want), "{e}");
+    }
     // A 37.6e9-parameter model: refused before anything is allocated, on the CPU (model,
     // optimizer state and activations) and for a GPU (the host's copy of the parameters).
     let huge = [
@@ -351,7 +397,19 @@ fn bad_inputs_are_refused_before_any_work() {
         &["--block-size", "64", "--val-fraction", "0"],
     )
     .unwrap();
-    assert!(error_of(&noval, &out, &[]).contains("--no-eval"));
+    // Evaluation asked for on a dataset without a val split: one line, no run directory.
+    let msg = error_of(&noval, &out, &["--eval-every", "5"]);
+    assert!(
+        msg.contains("--eval-every 5") && msg.contains("val split is empty"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+    // Without that request it trains, and keeps its last checkpoint as the best.
+    let noval_run = dir.path().join("noval-run");
+    let s = train(&noval, &noval_run, &["--steps", "2"]).unwrap();
+    assert!(s.val_loss.is_none());
+    let best = std::fs::read_link(noval_run.join("checkpoints/best")).unwrap();
+    assert_eq!(best, std::path::PathBuf::from("step-0000002"));
 
     // --init-from something that is not a Llama, or with another vocabulary.
     let gpt2 = dir.path().join("gpt2");

@@ -3,6 +3,10 @@
 logits MODEL_DIR TOKENS_JSON   load MODEL_DIR with AutoModelForCausalLM (float32, eager
                                attention) and print {"shape": [T, V], "logits": [...]} for the
                                token ids in TOKENS_JSON (a JSON list)
+generate MODEL_DIR TOKENS_JSON N
+                               greedy `generate` of N new tokens after the ids in TOKENS_JSON
+                               (float32, eager attention, its KV cache, no stop at EOS); prints
+                               {"tokens": [...]} (the new ids only)
 make OUT_DIR                   write a random Llama the way transformers users do:
                                bf16 weights, untied embeddings, grouped-query attention,
                                sharded safetensors with model.safetensors.index.json
@@ -24,6 +28,20 @@ def logits(model_dir, tokens_path):
     json.dump({"shape": list(out.shape), "logits": out.flatten().tolist()}, sys.stdout)
 
 
+def generate(model_dir, tokens_path, n):
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    # Exactly n tokens: no early stop at EOS, so both sides produce the same count.
+    model.generation_config.eos_token_id = None
+    ids = torch.tensor([json.load(open(tokens_path))], dtype=torch.long)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             num_beams=1, use_cache=True, pad_token_id=0)
+    json.dump({"tokens": out[0, ids.shape[1]:].tolist()}, sys.stdout)
+
+
 def make(out_dir):
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -38,6 +56,8 @@ def make(out_dir):
 if __name__ == "__main__":
     if sys.argv[1] == "logits":
         logits(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "generate":
+        generate(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif sys.argv[1] == "make":
         make(sys.argv[2])
     else:

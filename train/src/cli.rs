@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
+use crate::device::{DType, Device};
 use crate::schedule::ScheduleKind;
 
 #[derive(Parser, Debug)]
@@ -133,12 +134,12 @@ pub struct TrainArgs {
     pub seed: Option<u64>,
     /// auto, cpu, or cuda[:N].
     #[arg(long)]
-    pub device: Option<String>,
+    pub device: Option<Device>,
     /// Storage type of weights and activations on the GPU: bf16 (mixed precision, the
     /// default with --device cuda) or f32 (the same kernels in f32, for debugging; the only
     /// choice of the CPU engine).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    #[arg(long, value_enum)]
+    pub dtype: Option<DType>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -179,8 +180,33 @@ pub struct SampleArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Recompute the whole sequence for every new token instead of using the key/value cache
+    /// (the slow reference, for comparisons).
+    #[arg(long)]
+    pub no_kv_cache: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Where `train eval` and `train sample` compute, as for training.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// auto, cpu, or cuda[:N].
+    #[arg(long, default_value = "auto")]
+    pub device: Device,
+    /// bf16 or f32 on a GPU (default bf16); the CPU computes in f32.
+    #[arg(long, value_enum)]
+    pub dtype: Option<DType>,
+    /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+impl EngineArgs {
+    /// The dtype asked for, or the device's default.
+    pub fn dtype(&self) -> DType {
+        self.dtype.unwrap_or(self.device.default_dtype())
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -200,8 +226,11 @@ pub struct EvalArgs {
     /// At most this many batches (0: the whole split).
     #[arg(long, default_value_t = 0)]
     pub max_batches: usize,
+    /// Print the report as one JSON object.
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub json: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 impl TrainArgs {

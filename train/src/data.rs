@@ -2,8 +2,8 @@
 //!
 //! Training visits every block of the train split once per epoch in an order drawn from the
 //! seed and the epoch number, cropping each block to `seq_len`. The position is two integers
-//! (epoch, cursor), which is all a checkpoint needs to continue the same stream. Validation
-//! reads the val split in order.
+//! (epoch, cursor), which is all a checkpoint needs to continue the same stream. Evaluation
+//! reads a split in order ([`SplitBatches`]).
 
 use anyhow::{bail, Result};
 use ingot_formats::Dataset;
@@ -95,29 +95,69 @@ impl<'a> TrainStream<'a> {
     }
 }
 
-/// The val split in order, `batch` blocks at a time (the last batch may be smaller), at most
-/// `max_batches` batches.
-pub fn val_batches(
-    dataset: &Dataset,
+/// One split in order, `batch` blocks at a time (the last batch may be smaller), each block
+/// cropped to `seq_len`: read from the memory map as it is iterated, so no more than one batch
+/// is in memory whatever the split's size.
+pub struct SplitBatches<'a> {
+    dataset: &'a Dataset,
+    split: &'static str,
+    blocks: u64,
+    next: u64,
     seq_len: usize,
     batch: usize,
-    max_batches: usize,
-) -> Vec<(usize, Vec<u32>)> {
-    let blocks = dataset.index().splits.val.blocks;
-    let mut out = Vec::new();
-    let mut b = 0u64;
-    while b < blocks && out.len() < max_batches {
-        let rows = (batch as u64).min(blocks - b) as usize;
-        let mut tokens = Vec::with_capacity(rows * seq_len);
-        for r in 0..rows {
-            if let Some(block) = dataset.block("val", b + r as u64) {
-                tokens.extend((0..seq_len).filter_map(|i| block.get(i)));
-            }
+}
+
+impl<'a> SplitBatches<'a> {
+    /// `split` is `train` or `val`; `seq_len` must not exceed the block size.
+    pub fn new(dataset: &'a Dataset, split: &str, seq_len: usize, batch: usize) -> Result<Self> {
+        let index = dataset.index();
+        let (split, blocks) = match split {
+            "train" => ("train", index.splits.train.blocks),
+            "val" => ("val", index.splits.val.blocks),
+            other => bail!("split {other:?}: expected train or val"),
+        };
+        if seq_len > index.block_size as usize || batch == 0 {
+            bail!(
+                "batches of {batch} × {seq_len} tokens from blocks of {}",
+                index.block_size
+            );
         }
-        out.push((rows, tokens));
-        b += rows as u64;
+        Ok(SplitBatches {
+            dataset,
+            split,
+            blocks,
+            next: 0,
+            seq_len,
+            batch,
+        })
     }
-    out
+
+    /// Blocks in the split.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+}
+
+impl Iterator for SplitBatches<'_> {
+    /// `(rows, tokens)`: `rows × seq_len` token ids.
+    type Item = Result<(usize, Vec<u32>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.blocks {
+            return None;
+        }
+        let rows = (self.batch as u64).min(self.blocks - self.next) as usize;
+        let mut tokens = Vec::with_capacity(rows * self.seq_len);
+        for r in 0..rows {
+            let b = self.next + r as u64;
+            let Some(block) = self.dataset.block(self.split, b) else {
+                return Some(Err(anyhow::anyhow!("{} block {b} is missing", self.split)));
+            };
+            tokens.extend((0..self.seq_len).filter_map(|i| block.get(i)));
+        }
+        self.next += rows as u64;
+        Some(Ok((rows, tokens)))
+    }
 }
 
 #[cfg(test)]

@@ -1,101 +1,177 @@
-//! `--device auto|cpu|cuda[:N]` and `--dtype bf16|f32` → an engine.
+//! `--device auto|cpu|cuda[:N]` and `--dtype bf16|f32` → an engine: the one factory that
+//! training, `train eval` and `train sample` build their engines with.
 //!
 //! `cuda[:N]` builds the CUDA engine (kernels from `kernels/`, GEMMs through cuBLASLt) with
 //! bf16 or f32 storage. It has not yet been run on a GPU, so it is used only when asked for
 //! by name and says so; `auto` keeps to the CPU engine until the GPU tests have passed on a
 //! real GPU. The CPU engine computes in f32 only.
 
+use std::fmt;
+use std::str::FromStr;
+
 use anyhow::{bail, Result};
 use ingot_kernels::launch::Bf16;
 use ingot_kernels::probe;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cuda::CudaEngine;
 use crate::engine::Engine;
 use crate::model::ModelConfig;
 
-/// The GPU ordinal of `cuda` or `cuda:N`; `None` for other devices.
-fn cuda_ordinal(device: &str) -> Option<Result<usize>> {
-    if device == "cuda" {
-        return Some(Ok(0));
-    }
-    let n = device.strip_prefix("cuda:")?;
-    Some(
-        n.parse()
-            .map_err(|_| anyhow::anyhow!("--device {device}: expected cuda:N with N a GPU number")),
-    )
+/// Where a run computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Device {
+    /// The CPU today (see the module comment).
+    #[default]
+    Auto,
+    Cpu,
+    /// GPU number N.
+    Cuda(usize),
 }
 
-/// Whether `device` names a GPU (`cuda` or `cuda:…`).
-pub fn is_cuda(device: &str) -> bool {
-    device == "cuda" || device.starts_with("cuda:")
-}
+impl FromStr for Device {
+    type Err = String;
 
-/// The `--dtype` used when none is given: bf16 on a GPU, f32 on the CPU (and for `auto`,
-/// which trains on the CPU today).
-pub fn default_dtype(device: &str) -> &'static str {
-    if is_cuda(device) {
-        "bf16"
-    } else {
-        "f32"
-    }
-}
-
-/// The storage type a run on `device` uses: f32 off the GPU (the CPU engine has no other);
-/// on a GPU, the one asked for, else that of the run being resumed if it too ran on a GPU (a
-/// resume continues exactly), else bf16.
-pub fn effective_dtype(device: &str, asked: Option<&str>, resumed: Option<(&str, &str)>) -> String {
-    if !is_cuda(device) {
-        return "f32".into();
-    }
-    match (asked, resumed) {
-        (Some(d), _) => d.into(),
-        (None, Some((saved_device, saved_dtype))) if is_cuda(saved_device) => saved_dtype.into(),
-        _ => default_dtype(device).into(),
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                Some(Err(_)) => Err(format!("{s:?}: expected cuda:N with N a GPU number")),
+                None => Err(format!("{s:?}: expected auto, cpu, or cuda[:N]")),
+            },
+        }
     }
 }
 
-/// Builds the engine for `device` and `dtype`. Returns it with a notice to print, if any.
+impl TryFrom<String> for Device {
+    type Error = String;
+    fn try_from(s: String) -> Result<Device, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(0) => f.write_str("cuda"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
+}
+
+/// The storage type of weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// bf16 weights and activations, f32 master weights and optimizer (GPU only).
+    Bf16,
+    /// f32 throughout; configs written before `--dtype` existed were f32.
+    #[default]
+    F32,
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::Bf16 => "bf16",
+            DType::F32 => "f32",
+        })
+    }
+}
+
+impl Device {
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    /// The `--dtype` used when none is given: bf16 on a GPU, f32 on the CPU (and for `auto`,
+    /// which trains on the CPU today).
+    pub fn default_dtype(self) -> DType {
+        if self.is_cuda() {
+            DType::Bf16
+        } else {
+            DType::F32
+        }
+    }
+
+    /// The storage type a run on this device uses: f32 off the GPU (the CPU engine has no
+    /// other); on a GPU, the one asked for, else that of the run being resumed if it too ran
+    /// on a GPU (a resume continues exactly), else bf16.
+    pub fn effective_dtype(self, asked: Option<DType>, resumed: Option<(Device, DType)>) -> DType {
+        if !self.is_cuda() {
+            return DType::F32;
+        }
+        match (asked, resumed) {
+            (Some(d), _) => d,
+            (None, Some((saved_device, saved))) if saved_device.is_cuda() => saved,
+            _ => self.default_dtype(),
+        }
+    }
+
+    /// Host memory a run of `model` with micro-batches of `batch × seq` needs on this device:
+    /// each engine's own estimate.
+    pub fn host_memory_estimate(self, model: &ModelConfig, batch: usize, seq: usize) -> u128 {
+        if self.is_cuda() {
+            // The CUDA engine keeps on the host only the f32 parameters and their storage-type
+            // copy for the upload; it checks the device's memory itself, before allocating.
+            8 * model.checked_num_params()
+        } else {
+            crate::engine::cpu::memory_estimate(model, batch, seq)
+        }
+    }
+}
+
+/// Builds the engine for `device` and `dtype`: `asked` is the dtype the user gave (so that
+/// `--device cpu --dtype bf16` is refused and `auto` says it computes in f32). Returns it with
+/// a notice to print, if any.
 pub fn create(
-    device: &str,
-    dtype: &str,
+    device: Device,
+    asked: DType,
     config: ModelConfig,
     params: Vec<f32>,
 ) -> Result<(Box<dyn Engine>, Option<String>)> {
-    if !matches!(dtype, "bf16" | "f32") {
-        bail!("--dtype {dtype:?}: expected bf16 or f32");
-    }
-    if let Some(ordinal) = cuda_ordinal(device) {
-        let ordinal = ordinal?;
-        let gpu = match probe::cuda_device(ordinal) {
-            Err(e) => bail!("--device {device}: {e}"),
-            Ok(gpu) => gpu,
-        };
-        let engine: Box<dyn Engine> = if dtype == "bf16" {
-            Box::new(CudaEngine::<Bf16>::new(ordinal, config, params)?)
-        } else {
-            Box::new(CudaEngine::<f32>::new(ordinal, config, params)?)
-        };
-        let notice = if gpu.is_emulated() {
-            format!(
-                "notice: training on the stand-in CUDA device (emulator/: the CUDA engine and its kernels run on the CPU, not a GPU; results are emulated and its speed means nothing) in {dtype}"
-            )
-        } else {
-            format!(
-                "notice: training on {} (sm_{}{}) with the CUDA engine in {dtype}; it has not yet been verified against the CPU engine on a GPU (run scripts/gpu-check.sh)",
-                gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
-            )
-        };
-        return Ok((engine, Some(notice)));
-    }
     match device {
-        "cpu" => {
-            if dtype != "f32" {
-                bail!("--dtype {dtype}: the CPU engine computes in f32 only; use --dtype f32 or --device cuda");
+        Device::Cuda(ordinal) => {
+            let gpu = match probe::cuda_device(ordinal) {
+                Err(e) => bail!("--device {device}: {e}"),
+                Ok(gpu) => gpu,
+            };
+            let engine: Box<dyn Engine> = match asked {
+                DType::Bf16 => Box::new(CudaEngine::<Bf16>::new(ordinal, config, params)?),
+                DType::F32 => Box::new(CudaEngine::<f32>::new(ordinal, config, params)?),
+            };
+            let notice = if gpu.is_emulated() {
+                format!(
+                    "notice: running on the stand-in CUDA device (emulator/: the CUDA engine and its kernels run on the CPU, not a GPU; results are emulated and its speed means nothing) in {asked}"
+                )
+            } else {
+                format!(
+                    "notice: running on {} (sm_{}{}) with the CUDA engine in {asked}; it has not yet been verified against the CPU engine on a GPU (run scripts/gpu-check.sh)",
+                    gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
+                )
+            };
+            Ok((engine, Some(notice)))
+        }
+        Device::Cpu => {
+            if asked != DType::F32 {
+                bail!("--dtype {asked}: the CPU engine computes in f32 only; use --dtype f32 or --device cuda");
             }
             Ok((Box::new(CpuEngine::new(config, params)?), None))
         }
-        "auto" => {
+        Device::Auto => {
             let why = match probe::cuda_device(0) {
                 Ok(gpu) => format!(
                     "{} found; the CUDA engine is used only with --device cuda until it has been verified on a GPU",
@@ -103,17 +179,15 @@ pub fn create(
                 ),
                 Err(e) => e.to_string(),
             };
-            let ignored = if dtype == "f32" {
-                ""
-            } else {
-                "; in f32, as --dtype bf16 needs --device cuda"
+            let ignored = match asked {
+                DType::F32 => "",
+                DType::Bf16 => "; in f32, as --dtype bf16 needs --device cuda",
             };
             Ok((
                 Box::new(CpuEngine::new(config, params)?),
-                Some(format!("notice: training on the CPU ({why}){ignored}")),
+                Some(format!("notice: running on the CPU ({why}){ignored}")),
             ))
         }
-        other => bail!("--device {other:?}: expected auto, cpu, or cuda[:N]"),
     }
 }
 
@@ -123,33 +197,71 @@ mod tests {
     use crate::model::{init::init_params, Layout};
 
     #[test]
+    fn devices_parse_print_and_refuse_in_one_line() {
+        for (s, d) in [
+            ("auto", Device::Auto),
+            ("cpu", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("cuda:3", Device::Cuda(3)),
+        ] {
+            assert_eq!(s.parse::<Device>(), Ok(d));
+            assert_eq!(d.to_string(), s);
+        }
+        assert_eq!("cuda:0".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert!("cudax"
+            .parse::<Device>()
+            .unwrap_err()
+            .contains("auto, cpu, or cuda[:N]"));
+        assert!("cuda:x".parse::<Device>().unwrap_err().contains("cuda:N"));
+        let json = serde_json::to_string(&Device::Cuda(1)).unwrap();
+        assert_eq!(json, "\"cuda:1\"");
+        assert_eq!(
+            serde_json::from_str::<Device>(&json).unwrap(),
+            Device::Cuda(1)
+        );
+        assert!(serde_json::from_str::<DType>("\"f16\"").is_err());
+    }
+
+    #[test]
     fn dtype_defaults_to_bf16_on_gpus_only() {
-        assert_eq!(default_dtype("cuda"), "bf16");
-        assert_eq!(default_dtype("cuda:1"), "bf16");
-        assert_eq!(default_dtype("cpu"), "f32");
-        assert_eq!(default_dtype("auto"), "f32");
-        assert!(!is_cuda("cudax") && is_cuda("cuda:0"));
+        assert_eq!(Device::Cuda(0).default_dtype(), DType::Bf16);
+        assert_eq!(Device::Cuda(1).default_dtype(), DType::Bf16);
+        assert_eq!(Device::Cpu.default_dtype(), DType::F32);
+        assert_eq!(Device::Auto.default_dtype(), DType::F32);
     }
 
     #[test]
     fn a_resumed_gpu_run_keeps_its_dtype_unless_told_otherwise() {
-        let f32_gpu_run = Some(("cuda", "f32"));
-        assert_eq!(effective_dtype("cuda", None, f32_gpu_run), "f32");
-        assert_eq!(effective_dtype("cuda:1", Some("bf16"), f32_gpu_run), "bf16");
+        let (cuda, cpu) = (Device::Cuda(0), Device::Cpu);
+        let f32_gpu_run = Some((cuda, DType::F32));
+        assert_eq!(cuda.effective_dtype(None, f32_gpu_run), DType::F32);
+        let bf16 = Some(DType::Bf16);
+        assert_eq!(
+            Device::Cuda(1).effective_dtype(bf16, f32_gpu_run),
+            DType::Bf16
+        );
         // A CPU run moved to a GPU takes the GPU's default; off the GPU it is always f32.
-        assert_eq!(effective_dtype("cuda", None, Some(("cpu", "f32"))), "bf16");
-        assert_eq!(effective_dtype("cpu", None, Some(("cuda", "bf16"))), "f32");
-        assert_eq!(effective_dtype("auto", Some("bf16"), None), "f32");
-        assert_eq!(effective_dtype("cuda", None, None), "bf16");
+        assert_eq!(
+            cuda.effective_dtype(None, Some((cpu, DType::F32))),
+            DType::Bf16
+        );
+        assert_eq!(
+            cpu.effective_dtype(None, Some((cuda, DType::Bf16))),
+            DType::F32
+        );
+        assert_eq!(Device::Auto.effective_dtype(bf16, None), DType::F32);
+        assert_eq!(cuda.effective_dtype(None, None), DType::Bf16);
     }
 
     #[test]
-    fn auto_with_bf16_trains_on_the_cpu_in_f32_and_says_so() {
+    fn auto_with_bf16_runs_on_the_cpu_in_f32_and_says_so() {
         let c = ModelConfig::preset("tiny", 259).unwrap();
         let p = init_params(&c, &Layout::new(&c), 0);
-        let (engine, notice) = create("auto", "bf16", c, p).unwrap();
+        let (engine, notice) = create(Device::Auto, DType::Bf16, c.clone(), p.clone()).unwrap();
         assert!(engine.name().starts_with("cpu"), "{}", engine.name());
         let notice = notice.unwrap();
         assert!(notice.contains("in f32"), "{notice}");
+        let e = create(Device::Cpu, DType::Bf16, c, p).err().unwrap();
+        assert!(format!("{e:#}").contains("f32 only"));
     }
 }

@@ -1,4 +1,5 @@
-//! `train eval`: loss and perplexity of a checkpoint on any dataset made with its tokenizer.
+//! `train eval`: loss and perplexity of a checkpoint on any dataset made with its tokenizer, on
+//! any engine, reading the split batch by batch.
 
 use anyhow::{bail, Result};
 use ingot_formats::checksum::sha256_hex;
@@ -7,12 +8,14 @@ use serde::Serialize;
 
 use crate::checkpoint::hf;
 use crate::cli::EvalArgs;
-use crate::engine::cpu::CpuEngine;
-use crate::engine::{Batch, Engine};
+use crate::data::SplitBatches;
+use crate::engine::Batch;
 
 #[derive(Debug, Serialize)]
 pub struct EvalReport {
     pub split: String,
+    /// The engine that computed it (`cpu (2 threads)`, `cuda:0 bf16 …`).
+    pub engine: String,
     pub sequences: usize,
     pub predictions: usize,
     pub loss: f64,
@@ -37,37 +40,38 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
             index.vocab_size
         ),
     }
-    let split = match args.split.as_str() {
-        "val" => &index.splits.val,
-        "train" => &index.splits.train,
-        other => bail!("--split {other:?}: expected val or train"),
-    };
-    if split.blocks == 0 {
-        bail!(
-            "the {} split of {} is empty",
-            args.split,
-            args.shards.display()
-        );
-    }
     let block = index.block_size as usize;
     let seq = args.seq_len.unwrap_or(block.min(model.config.max_seq_len));
     if seq > block || seq < 2 {
         bail!("--seq-len {seq} must be between 2 and the block size {block}");
     }
-    let mut engine = CpuEngine::new(model.config, model.params)?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let batches = SplitBatches::new(&dataset, &args.split, seq, args.batch_size)
+        .map_err(|_| anyhow::anyhow!("--split {:?}: expected val or train", args.split))?;
+    if batches.blocks() == 0 {
+        bail!(
+            "the {} split of {} is empty; evaluate --split train, or re-run prep with --val-fraction above 0",
+            args.split,
+            args.shards.display()
+        );
+    }
+    let e = &args.engine;
+    let (mut engine, notice) =
+        crate::device::create(e.device, e.dtype(), model.config, model.params)?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    engine.prepare(args.batch_size, seq)?;
+    let limit = if args.max_batches == 0 {
+        usize::MAX
+    } else {
+        args.max_batches
+    };
     let (mut sum, mut count, mut sequences) = (0f64, 0usize, 0usize);
-    let batch = args.batch_size.max(1) as u64;
-    let mut b = 0u64;
-    let mut done = 0usize;
-    while b < split.blocks && (args.max_batches == 0 || done < args.max_batches) {
-        let rows = batch.min(split.blocks - b) as usize;
-        let mut tokens = Vec::with_capacity(rows * seq);
-        for r in 0..rows {
-            let blk = dataset
-                .block(&args.split, b + r as u64)
-                .ok_or_else(|| anyhow::anyhow!("missing block"))?;
-            tokens.extend((0..seq).filter_map(|i| blk.get(i)));
-        }
+    for batch in batches.take(limit) {
+        let (rows, tokens) = batch?;
         let bt = Batch {
             tokens: &tokens,
             batch: rows,
@@ -76,12 +80,11 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
         sum += f64::from(engine.loss(&bt)?) * bt.predictions() as f64;
         count += bt.predictions();
         sequences += rows;
-        b += rows as u64;
-        done += 1;
     }
     let loss = sum / count.max(1) as f64;
     Ok(EvalReport {
         split: args.split.clone(),
+        engine: engine.name(),
         sequences,
         predictions: count,
         loss,

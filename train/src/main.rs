@@ -47,16 +47,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Some(Command::Sample(args)) => {
-            threads(args.threads)?;
-            println!("{}", ingot_train::sample::run(&args)?);
+            threads(args.engine.threads)?;
+            let s = ingot_train::sample::run(&args)?;
+            println!("{}", s.text);
+            eprintln!(
+                "{} new tokens: {:.1} tokens/s after the prompt ({} tokens, prefill {:.3} s); {:.1} tokens/s overall",
+                s.new_tokens,
+                s.decode_tokens_per_second,
+                s.prompt_tokens,
+                s.prefill_seconds,
+                s.tokens_per_second
+            );
         }
         Some(Command::Eval(args)) => {
-            threads(args.threads)?;
+            threads(args.engine.threads)?;
             let r = ingot_train::evaluate::run(&args)?;
-            println!(
-                "{} split: {} sequences, loss {:.4}, perplexity {:.3}",
-                r.split, r.sequences, r.loss, r.perplexity
-            );
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} split: {} sequences, loss {:.4}, perplexity {:.3}",
+                    r.split, r.sequences, r.loss, r.perplexity
+                );
+            }
         }
     }
     Ok(())

@@ -171,8 +171,8 @@ pub fn list(checkpoints: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
-/// Keeps the newest `keep_last` checkpoints and the one with the best validation loss, and
-/// points `checkpoints/best` at that one. The link moves first and a directory is renamed to a
+/// Keeps the newest `keep_last` checkpoints and the one with the best validation loss (the
+/// newest when none was evaluated), and points `checkpoints/best` at that one. The link moves first and a directory is renamed to a
 /// hidden name before it is deleted, so a kill at any point leaves `best` and every `step-`
 /// directory complete.
 pub fn prune(checkpoints: &Path, keep_last: usize) -> Result<()> {
@@ -186,7 +186,9 @@ pub fn prune(checkpoints: &Path, keep_last: usize) -> Result<()> {
                 .map(|l| (l, *step))
         })
         .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
-        .map(|(_, step)| step);
+        .map(|(_, step)| step)
+        // A run without evaluation (no val split) keeps its newest checkpoint as the best.
+        .or_else(|| all.last().map(|(step, _)| *step));
     if let Some(step) = best {
         let tmp = checkpoints.join(".best-link");
         let _ = fs::remove_file(&tmp);

@@ -1133,6 +1133,15 @@ impl<T: Storage> Engine for CudaEngine<T> {
         Ok(self.gpu.download(&out)?)
     }
 
+    // The inherent methods (an inherent associated function wins over the trait's).
+    fn begin_sequence(&mut self, capacity: usize) -> Result<()> {
+        CudaEngine::begin_sequence(self, capacity)
+    }
+
+    fn extend_sequence(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        CudaEngine::extend_sequence(self, tokens)
+    }
+
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
         // The norm only (clip 0): the clip scale is computed below exactly as the CPU's.
         self.gpu.grad_norm(

@@ -119,6 +119,14 @@ pub trait Engine: Send {
     fn loss(&mut self, batch: &Batch) -> Result<f32>;
     /// Logits `[tokens.len(), vocab]` of one sequence.
     fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Starts a sequence decoded with a key/value cache of `capacity` positions (1 to the
+    /// model's `max_seq_len`), dropping any previous one.
+    fn begin_sequence(&mut self, capacity: usize) -> Result<()>;
+    /// Runs `tokens` (a whole prompt in one batched pass, or one new token) at the next
+    /// positions of the cached sequence, keeping their keys and values, and returns the
+    /// logits `[vocab]` of the last of them: what [`Engine::logits`] of the whole sequence
+    /// gives at that position, at the cost of the new positions only.
+    fn extend_sequence(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Clips the accumulated gradients to `grad_clip` global norm (if given), takes one AdamW
     /// step at `lr`, and zeroes the gradients. Returns the global norm before clipping.
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32>;

@@ -483,25 +483,6 @@ impl CpuEngine {
         })
     }
 
-    /// Starts a sequence decoded with a key/value cache of `capacity` positions, dropping
-    /// any previous one.
-    pub fn begin_sequence(&mut self, capacity: usize) -> Result<()> {
-        let c = &self.model.config;
-        super::check_capacity(c, capacity)?;
-        let kv_width = c.n_kv_heads * c.head_dim();
-        self.cache = Some(decode::KvCache::new(c.n_layers, kv_width, capacity));
-        Ok(())
-    }
-
-    /// Runs `tokens` at the next positions of the cached sequence; the logits of the last.
-    pub fn extend_sequence(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let Some(cache) = self.cache.as_mut() else {
-            bail!("no sequence to extend: begin one first");
-        };
-        super::check_extension(&self.model.config, tokens, cache.len(), cache.capacity())?;
-        Ok(self.model.extend(cache, tokens))
-    }
-
     /// The accumulated gradients (for tests).
     pub fn grads(&self) -> &[f32] {
         &self.model.grads
@@ -537,6 +518,22 @@ impl Engine for CpuEngine {
         Ok(self.model.logits(tokens))
     }
 
+    fn begin_sequence(&mut self, capacity: usize) -> Result<()> {
+        let c = &self.model.config;
+        super::check_capacity(c, capacity)?;
+        let kv_width = c.n_kv_heads * c.head_dim();
+        self.cache = Some(decode::KvCache::new(c.n_layers, kv_width, capacity));
+        Ok(())
+    }
+
+    fn extend_sequence(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let Some(cache) = self.cache.as_mut() else {
+            bail!("no sequence to extend: begin one first");
+        };
+        super::check_extension(&self.model.config, tokens, cache.len(), cache.capacity())?;
+        Ok(self.model.extend(cache, tokens))
+    }
+
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
         let norm = global_norm(&self.model.grads);
         if !norm.is_finite() {
@@ -561,6 +558,7 @@ impl Engine for CpuEngine {
             self.step,
         );
         self.model.grads.fill(0.0);
+        self.cache = None;
         Ok(norm)
     }
 
@@ -577,6 +575,8 @@ impl Engine for CpuEngine {
             );
         }
         self.model.params.copy_from_slice(params);
+        // Keys and values cached under the old weights would be wrong now.
+        self.cache = None;
         Ok(())
     }
 

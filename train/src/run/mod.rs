@@ -1,0 +1,191 @@
+//! The training run, in three parts: [`config`] resolves the options into the run's
+//! configuration (a pure function, tested without an engine), [`resume`] continues a run from
+//! its checkpoint, and [`trainer`] owns the engine, the data and the metrics and loops over
+//! optimizer steps with evaluation and checkpoints, stopping cleanly on Ctrl+C/SIGTERM.
+//! [`run`] opens the dataset, ties them together and builds the engine.
+
+pub mod config;
+pub mod resume;
+pub mod trainer;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ingot_formats::checksum::sha256_hex;
+use ingot_formats::{Dataset, Index};
+use ingot_tokenizer::Tokenizer;
+use serde::Serialize;
+
+use crate::checkpoint::{hf, TrainerState};
+use crate::cli::TrainArgs;
+use crate::data::DataPosition;
+use crate::model::{init::init_params, Layout};
+pub use config::RunConfig;
+use config::{DatasetFacts, Resolved};
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub stopped_early: bool,
+    pub final_loss: f64,
+    pub val_loss: Option<f64>,
+    pub val_ppl: Option<f64>,
+    pub tokens: u64,
+    pub tokens_per_second: f64,
+    pub checkpoint: Option<PathBuf>,
+    pub run_dir: PathBuf,
+}
+
+/// Runs `train` with `args` (the command line; a `--config` file is merged here, the one
+/// place it is).
+pub fn run(args: &TrainArgs) -> Result<Summary> {
+    let args = args.merged_with_file()?;
+    let shards = args
+        .shards
+        .clone()
+        .context("--shards is required: the dataset directory written by prep")?;
+    if args.verify_data {
+        ingot_formats::verify_dataset(&shards)?;
+    }
+    let dataset = Dataset::open(&shards)?;
+    let index = dataset.index().clone();
+    let index_sha = sha256_hex(
+        &std::fs::read(shards.join(ingot_formats::INDEX_FILE)).context("cannot read index.json")?,
+    );
+    let tok_path = shards.join(&index.tokenizer.file);
+    let tokenizer_json =
+        std::fs::read(&tok_path).with_context(|| format!("cannot read {}", tok_path.display()))?;
+    let tokenizer = Tokenizer::from_file(&tok_path)?;
+
+    // The configuration alone decides whether the weights of --init-from are worth reading.
+    let init_shape = match &args.init_from {
+        Some(dir) => Some(hf::read_config(dir)?.0),
+        None => None,
+    };
+    let Resolved { config, notices } =
+        config::resolve(&args, &facts(&shards, &index)?, init_shape.as_ref())?;
+    let start = match resume::checkpoint_to_resume(&args, &config.out)? {
+        Some(dir) => resume::load(&dir, &args, config, &index_sha, &index.tokenizer.sha256)?,
+        None => fresh(config, &args, index_sha)?,
+    };
+    for n in &notices {
+        eprintln!("{n}");
+    }
+    let config = start.config;
+    let model = config.model.clone();
+    check_memory(&config)?;
+    let params = start
+        .params
+        .unwrap_or_else(|| init_params(&model, &Layout::new(&model), config.seed));
+    // The dtype asked for, so that `--device cpu --dtype bf16` is refused and `auto` says that
+    // it computes in f32; config.dtype records the one used.
+    let asked = args.dtype.unwrap_or(config.dtype);
+    let (mut engine, notice) = crate::device::create(config.device, asked, model, params)?;
+    if let Some(opt) = start.optimizer {
+        engine.set_optimizer_state(opt)?;
+    }
+    engine.prepare(config.batch_size, config.seq_len)?;
+    if let Some(n) = notice {
+        eprintln!("{n}");
+    }
+    write_config(&config)?;
+    let tok_files = hf::TokenizerFiles {
+        tokenizer_json: &tokenizer_json,
+        bos: special(&tokenizer, index.bos_id),
+        eos: special(&tokenizer, index.eos_id),
+    };
+    trainer::Trainer {
+        config: &config,
+        engine,
+        dataset: &dataset,
+        state: start.state,
+        tokenizer: &tok_files,
+        stop_after: args.stop_after,
+        quiet: args.quiet,
+    }
+    .run()
+}
+
+fn facts(shards: &Path, index: &Index) -> Result<DatasetFacts> {
+    Ok(DatasetFacts {
+        shards: shards.to_path_buf(),
+        vocab_size: usize::try_from(index.vocab_size).context("vocab_size too large")?,
+        block_size: index.block_size as usize,
+        train_blocks: index.splits.train.blocks,
+        val_blocks: index.splits.val.blocks,
+    })
+}
+
+/// A run from step 0: fresh weights, or those of `--init-from`.
+fn fresh(config: RunConfig, args: &TrainArgs, index_sha: String) -> Result<resume::Start> {
+    // The shape was read from the same config.json by the resolution.
+    let params = match &args.init_from {
+        Some(dir) => Some(hf::read_model_dir(dir)?.params),
+        None => None,
+    };
+    let state = TrainerState {
+        step: 0,
+        tokens_seen: 0,
+        data: DataPosition::default(),
+        seed: config.seed,
+        val_loss: None,
+        best_val_loss: None,
+        dataset_index_sha256: index_sha,
+        model: config.model.clone(),
+    };
+    Ok(resume::Start {
+        config,
+        state,
+        params,
+        optimizer: None,
+    })
+}
+
+/// Only now, with everything checked and the engine built, does the run directory appear.
+fn write_config(config: &RunConfig) -> Result<()> {
+    let dir = &config.out;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut resolved = serde_json::to_string_pretty(config)?;
+    resolved.push('\n');
+    std::fs::write(dir.join("config.json"), resolved).context("cannot write the resolved config")
+}
+
+/// Refuses a run that cannot fit in the memory this machine has available (Linux
+/// `/proc/meminfo`), instead of aborting on an allocation later; the estimate is the
+/// engine's own.
+fn check_memory(config: &RunConfig) -> Result<()> {
+    let (model, device) = (&config.model, config.device);
+    let need = device.host_memory_estimate(model, config.batch_size, config.seq_len);
+    let (what, advice) = if device.is_cuda() {
+        ("this model's parameters need", "use a smaller model")
+    } else {
+        (
+            "this model and micro-batch need",
+            "lower --batch-size or --seq-len (attention keeps batch × heads × seq² values per layer), or use a smaller model",
+        )
+    };
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u128>().ok())
+            .map(|kb| kb * 1024)
+    });
+    if let Some(avail) = available {
+        if need > avail {
+            let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+            bail!(
+                "{what} about {:.1} GiB but {:.1} GiB of memory is available; {advice}",
+                gib(need),
+                gib(avail)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The dataset tokenizer's BOS/EOS strings for the checkpoint's tokenizer_config.json.
+fn special(tok: &Tokenizer, id: Option<u32>) -> Option<(u32, String)> {
+    id.and_then(|i| tok.id_to_token(i).map(|t| (i, t.to_string())))
+}
