@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
-use crate::device::{DType, Device};
+use crate::device::{AttentionKernels, DType, Device};
 use crate::schedule::ScheduleKind;
 
 #[derive(Parser, Debug)]
@@ -140,6 +140,10 @@ pub struct TrainArgs {
     /// choice of the CPU engine).
     #[arg(long, value_enum)]
     pub dtype: Option<DType>,
+    /// Attention kernels of the CUDA engine: auto (tensor cores where they can run), mma
+    /// (tensor cores or an error), simt (warp per row). Recorded in the run's config.json.
+    #[arg(long, value_enum)]
+    pub attention: Option<AttentionKernels>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -197,6 +201,9 @@ pub struct EngineArgs {
     /// bf16 or f32 on a GPU (default bf16); the CPU computes in f32.
     #[arg(long, value_enum)]
     pub dtype: Option<DType>,
+    /// Attention kernels of the CUDA engine: auto, mma or simt.
+    #[arg(long, value_enum, default_value_t)]
+    pub attention: AttentionKernels,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,

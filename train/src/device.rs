@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cuda::CudaEngine;
+pub use crate::engine::AttentionKernels;
 use crate::engine::Engine;
 use crate::model::ModelConfig;
 
@@ -125,24 +126,27 @@ impl Device {
     /// each engine's own estimate.
     pub fn host_memory_estimate(self, model: &ModelConfig, batch: usize, seq: usize) -> u128 {
         if self.is_cuda() {
-            // The CUDA engine keeps on the host only the f32 parameters and their storage-type
-            // copy for the upload; it checks the device's memory itself, before allocating.
-            8 * model.checked_num_params()
+            crate::engine::cuda::host_memory_estimate(model)
         } else {
-            crate::engine::cpu::memory_estimate(model, batch, seq)
+            crate::engine::cpu::host_memory_estimate(model, batch, seq)
         }
     }
 }
 
 /// Builds the engine for `device` and `dtype`: `asked` is the dtype the user gave (so that
-/// `--device cpu --dtype bf16` is refused and `auto` says it computes in f32). Returns it with
-/// a notice to print, if any.
+/// `--device cpu --dtype bf16` is refused and `auto` says it computes in f32), `attention` the
+/// CUDA engine's attention kernels (only `auto` off the GPU). Returns it with a notice to
+/// print, if any.
 pub fn create(
     device: Device,
     asked: DType,
+    attention: AttentionKernels,
     config: ModelConfig,
     params: Vec<f32>,
 ) -> Result<(Box<dyn Engine>, Option<String>)> {
+    if !device.is_cuda() && attention != AttentionKernels::Auto {
+        bail!("--attention {attention}: only the CUDA engine has a choice of attention kernels; leave it out, or use --device cuda");
+    }
     match device {
         Device::Cuda(ordinal) => {
             let gpu = match probe::cuda_device(ordinal) {
@@ -150,8 +154,12 @@ pub fn create(
                 Ok(gpu) => gpu,
             };
             let engine: Box<dyn Engine> = match asked {
-                DType::Bf16 => Box::new(CudaEngine::<Bf16>::new(ordinal, config, params)?),
-                DType::F32 => Box::new(CudaEngine::<f32>::new(ordinal, config, params)?),
+                DType::Bf16 => Box::new(CudaEngine::<Bf16>::with_attention(
+                    ordinal, config, params, attention,
+                )?),
+                DType::F32 => Box::new(CudaEngine::<f32>::with_attention(
+                    ordinal, config, params, attention,
+                )?),
             };
             let notice = if gpu.is_emulated() {
                 format!(
@@ -257,11 +265,18 @@ mod tests {
     fn auto_with_bf16_runs_on_the_cpu_in_f32_and_says_so() {
         let c = ModelConfig::preset("tiny", 259).unwrap();
         let p = init_params(&c, &Layout::new(&c), 0);
-        let (engine, notice) = create(Device::Auto, DType::Bf16, c.clone(), p.clone()).unwrap();
+        let auto = AttentionKernels::Auto;
+        let (engine, notice) =
+            create(Device::Auto, DType::Bf16, auto, c.clone(), p.clone()).unwrap();
         assert!(engine.name().starts_with("cpu"), "{}", engine.name());
         let notice = notice.unwrap();
         assert!(notice.contains("in f32"), "{notice}");
-        let e = create(Device::Cpu, DType::Bf16, c, p).err().unwrap();
+        let e = create(Device::Cpu, DType::Bf16, auto, c.clone(), p.clone())
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("f32 only"));
+        let mma = AttentionKernels::Mma;
+        let e = create(Device::Cpu, DType::F32, mma, c, p).err().unwrap();
+        assert!(format!("{e:#}").contains("--attention mma: only the CUDA engine"));
     }
 }

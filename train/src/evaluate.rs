@@ -59,7 +59,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     }
     let e = &args.engine;
     let (mut engine, notice) =
-        crate::device::create(e.device, e.dtype(), model.config, model.params)?;
+        crate::device::create(e.device, e.dtype(), e.attention, model.config, model.params)?;
     if let Some(n) = notice {
         eprintln!("{n}");
     }

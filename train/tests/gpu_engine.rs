@@ -255,31 +255,34 @@ fn adamw_steps_track_the_cpu() {
         gpu.grads().unwrap().iter().all(|&g| g == 0.0),
         "step() must zero the gradients"
     );
-    let e = rel(&gpu.params(), &cpu.params());
+    let e = rel(&gpu.params().unwrap(), &cpu.params().unwrap());
     println!("parameters after 20 steps: rel {e:.2e}");
     assert!(e < TRAIN_TOL, "parameters: relative error {e}");
-    let (sg, sc) = (gpu.optimizer_state(), cpu.optimizer_state());
+    let (sg, sc) = (
+        gpu.optimizer_state().unwrap(),
+        cpu.optimizer_state().unwrap(),
+    );
     assert_eq!(sg.step, sc.step);
     assert!(rel(&sg.exp_avg, &sc.exp_avg) < GRAD_TOL);
     assert!(rel(&sg.exp_avg_sq, &sc.exp_avg_sq) < GRAD_TOL);
 
     // Round trips through the host are exact.
-    let p = gpu.params();
+    let p = gpu.params().unwrap();
     gpu.set_params(&p).unwrap();
-    assert!(gpu.params() == p);
+    assert!(gpu.params().unwrap() == p);
     gpu.set_optimizer_state(sg.clone()).unwrap();
-    assert_eq!(gpu.optimizer_state(), sg);
+    assert_eq!(gpu.optimizer_state().unwrap(), sg);
     assert!(gpu.set_params(&p[1..]).is_err());
 
     // A non-finite gradient norm is an error, and the gradients are dropped.
-    let mut bad = gpu.params();
+    let mut bad = gpu.params().unwrap();
     bad[0] = f32::NAN;
     gpu.set_params(&bad).unwrap();
     let toks = tokens(BATCH * SEQ, c.vocab_size, 9);
     let _ = gpu.forward_backward(&batch(&toks), 1.0).unwrap();
     assert!(gpu.step(&opt, 1e-3, Some(1.0)).is_err());
     assert!(gpu.grads().unwrap().iter().all(|&g| g == 0.0));
-    assert_eq!(gpu.optimizer_state().step, sg.step);
+    assert_eq!(gpu.optimizer_state().unwrap().step, sg.step);
 }
 
 /// `p` rounded to bf16 and widened back: the weights the bf16 engine computes with.
@@ -313,7 +316,7 @@ fn bf16_loss_gradients_and_logits_match_the_cpu() {
         println!("{} (tied embeddings: {tie})", gpu.name());
         let w = rounded_to_bf16(&p);
         assert!(
-            gpu.params() == p,
+            gpu.params().unwrap() == p,
             "the master weights are the f32 parameters"
         );
         assert!(
@@ -445,7 +448,7 @@ fn bf16_training_run(c: &ModelConfig) {
     let mut saved = None;
     for step in 0..steps {
         if step == resume_at {
-            saved = Some((gpu.params(), gpu.optimizer_state()));
+            saved = Some((gpu.params().unwrap(), gpu.optimizer_state().unwrap()));
         }
         let toks = data(step);
         lc.push(train_step(&mut cpu, &toks, &opt, 3e-3));
@@ -483,7 +486,10 @@ fn bf16_training_run(c: &ModelConfig) {
             lg[step as usize]
         );
     }
-    assert!(resumed.params() == gpu.params(), "resumed weights differ");
+    assert!(
+        resumed.params().unwrap() == gpu.params().unwrap(),
+        "resumed weights differ"
+    );
 }
 
 // ---- generation with a key/value cache --------------------------------------------------------
@@ -638,7 +644,7 @@ fn generate<T: Storage>(c: &ModelConfig, tol: f64) {
     }
 
     // New weights end the sequence: its cache holds the old weights' keys and values.
-    let p = e.params();
+    let p = e.params().unwrap();
     e.set_params(&p).unwrap();
     one_line_error(e.extend_sequence(&[0]), "no sequence to extend");
 }

@@ -41,7 +41,7 @@ use ingot_kernels::launch::{AdamWHyper, Bf16, CudaSlice, Gpu, Storage, ATTENTION
 use ingot_kernels::matmul::{Blas, CudaStream};
 
 use super::optim::{decay_mask, AdamW};
-use super::{Batch, Engine, OptimizerState};
+use super::{AttentionKernels, Batch, Engine, OptimizerState};
 use crate::model::{Layout, ModelConfig};
 
 /// Logits kept at once by the fused LM head + cross-entropy: the rows of one slab are chosen
@@ -415,20 +415,25 @@ fn to_storage<T: Storage>(params: &[f32]) -> Vec<T> {
 }
 
 /// Whether attention (forward and backward) uses the tensor-core kernels
-/// (`attention_*_mma_*`), from `INGOT_ATTENTION` (`setting`) and whether they can run here
-/// (`supported`: bf16 storage, head dim 64 or 128, compute capability 8.0 or newer). Unset:
+/// (`attention_*_mma_*`), from `--attention` (`setting`) and whether they can run here
+/// (`supported`: bf16 storage, head dim 64 or 128, compute capability 8.0 or newer). `auto`:
 /// wherever they can; `simt`: never (the warp-per-row kernels); `mma`: always, and an error
 /// where they cannot.
-fn choose_attention(setting: Option<&str>, supported: bool) -> Result<bool> {
+fn choose_attention(setting: AttentionKernels, supported: bool) -> Result<bool> {
     match setting {
-        None => Ok(supported),
-        Some("simt") => Ok(false),
-        Some("mma") if supported => Ok(true),
-        Some("mma") => bail!(
-            "INGOT_ATTENTION=mma: the tensor-core attention needs --dtype bf16, a head dim of 64 or 128 and a GPU of compute capability 8.0 or newer; unset it to use the warp-per-row kernels"
+        AttentionKernels::Auto => Ok(supported),
+        AttentionKernels::Simt => Ok(false),
+        AttentionKernels::Mma if supported => Ok(true),
+        AttentionKernels::Mma => bail!(
+            "--attention mma: the tensor-core attention needs --dtype bf16, a head dim of 64 or 128 and a GPU of compute capability 8.0 or newer; use --attention auto or simt"
         ),
-        Some(other) => bail!("INGOT_ATTENTION={other:?}: expected mma or simt"),
     }
+}
+
+/// Host memory the CUDA engine needs for `model`: the f32 parameters and their storage-type
+/// copy for the upload (it checks the device's own memory before allocating there).
+pub fn host_memory_estimate(model: &ModelConfig) -> u128 {
+    8 * model.checked_num_params()
 }
 
 /// Storage type names, for messages (`--dtype`).
@@ -488,6 +493,17 @@ impl<T: Storage> CudaEngine<T> {
     /// Opens GPU `ordinal` (probe, kernels, cuBLASLt) and uploads `params`. Every failure,
     /// no GPU included, is a one-line error.
     pub fn new(ordinal: usize, config: ModelConfig, params: Vec<f32>) -> Result<CudaEngine<T>> {
+        Self::with_attention(ordinal, config, params, AttentionKernels::Auto)
+    }
+
+    /// As [`CudaEngine::new`], with the attention kernels chosen by `attention`
+    /// ([`choose_attention`]).
+    pub fn with_attention(
+        ordinal: usize,
+        config: ModelConfig,
+        params: Vec<f32>,
+        attention: AttentionKernels,
+    ) -> Result<CudaEngine<T>> {
         let layout = super::checked_layout(&config, params.len())?;
         let gpu = Gpu::new(ordinal).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let blas = Blas::for_gpu(&gpu).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
@@ -516,9 +532,8 @@ impl<T: Storage> CudaEngine<T> {
         let clip_scale = gpu.zeros::<f32>(1)?;
         gpu.synchronize()?;
         let lm_head_rows = lm_head_rows(config.vocab_size, size_of::<T>());
-        let setting = std::env::var("INGOT_ATTENTION").ok();
         let mma_attention = choose_attention(
-            setting.as_deref(),
+            attention,
             Gpu::attention_mma_supported::<T>(config.head_dim())
                 && gpu.info.compute_capability.0 >= ATTENTION_MMA_MIN_MAJOR,
         )?;
@@ -1187,12 +1202,11 @@ impl<T: Storage> Engine for CudaEngine<T> {
         Ok(norm)
     }
 
-    /// The f32 master weights. Panics only if the device fails (the trait gives no way to
-    /// report it).
-    fn params(&self) -> Vec<f32> {
+    /// The f32 master weights.
+    fn params(&self) -> Result<Vec<f32>> {
         self.gpu
             .download(&self.master)
-            .unwrap_or_else(|e| panic!("copying the parameters from the GPU failed: {e}"))
+            .map_err(|e| anyhow::anyhow!("copying the parameters from the GPU failed: {e}"))
     }
 
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
@@ -1211,18 +1225,25 @@ impl<T: Storage> Engine for CudaEngine<T> {
         Ok(())
     }
 
-    /// Panics only if the device fails (the trait gives no way to report it).
-    fn optimizer_state(&self) -> OptimizerState {
+    fn optimizer_state(&self) -> Result<OptimizerState> {
         let get = |s: &CudaSlice<f32>| {
-            self.gpu
-                .download(s)
-                .unwrap_or_else(|e| panic!("copying the optimizer state from the GPU failed: {e}"))
+            self.gpu.download(s).map_err(|e| {
+                anyhow::anyhow!("copying the optimizer state from the GPU failed: {e}")
+            })
         };
-        OptimizerState {
+        Ok(OptimizerState {
             step: self.step,
-            exp_avg: get(&self.exp_avg),
-            exp_avg_sq: get(&self.exp_avg_sq),
-        }
+            exp_avg: get(&self.exp_avg)?,
+            exp_avg_sq: get(&self.exp_avg_sq)?,
+        })
+    }
+
+    fn attention_kernels(&self) -> Option<AttentionKernels> {
+        Some(if self.mma_attention {
+            AttentionKernels::Mma
+        } else {
+            AttentionKernels::Simt
+        })
     }
 
     /// Allocates the activations of micro-batches of `batch × seq` tokens now (the largest the
@@ -1301,19 +1322,15 @@ mod tests {
     }
 
     #[test]
-    fn ingot_attention_picks_the_kernels() {
-        assert!(choose_attention(None, true).unwrap());
-        assert!(!choose_attention(None, false).unwrap());
-        assert!(!choose_attention(Some("simt"), true).unwrap());
-        assert!(choose_attention(Some("mma"), true).unwrap());
-        let msg = choose_attention(Some("mma"), false)
-            .unwrap_err()
-            .to_string();
+    fn the_attention_option_picks_the_kernels() {
+        use AttentionKernels::*;
+        assert!(choose_attention(Auto, true).unwrap());
+        assert!(!choose_attention(Auto, false).unwrap());
+        assert!(!choose_attention(Simt, true).unwrap());
+        assert!(choose_attention(Mma, true).unwrap());
+        let msg = choose_attention(Mma, false).unwrap_err().to_string();
         assert!(msg.contains("compute capability 8.0"), "{msg}");
-        let msg = choose_attention(Some("flash"), true)
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("expected mma or simt"), "{msg}");
+        assert!(msg.contains("--attention auto or simt"), "{msg}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod optim;
 
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
 pub use optim::AdamW;
@@ -98,6 +99,31 @@ pub fn check_extension(
     Ok(())
 }
 
+/// Which attention kernels the CUDA engine runs (`--attention`); the CPU engine has one
+/// implementation and no choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKernels {
+    /// The tensor-core kernels wherever they can run (bf16, head dim 64 or 128, sm_80+),
+    /// else the warp-per-row ones.
+    #[default]
+    Auto,
+    /// The tensor-core kernels, and an error where they cannot run.
+    Mma,
+    /// The warp-per-row kernels (any dtype and head dim up to 256).
+    Simt,
+}
+
+impl std::fmt::Display for AttentionKernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttentionKernels::Auto => "auto",
+            AttentionKernels::Mma => "mma",
+            AttentionKernels::Simt => "simt",
+        })
+    }
+}
+
 /// AdamW state that a checkpoint must carry to resume exactly.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerState {
@@ -130,10 +156,11 @@ pub trait Engine: Send {
     /// Clips the accumulated gradients to `grad_clip` global norm (if given), takes one AdamW
     /// step at `lr`, and zeroes the gradients. Returns the global norm before clipping.
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32>;
-    /// Parameters as one flat f32 buffer in the model's [`crate::model::Layout`].
-    fn params(&self) -> Vec<f32>;
+    /// Parameters as one flat f32 buffer in the model's [`crate::model::Layout`] (copied
+    /// from the device, which can fail, on a GPU).
+    fn params(&self) -> Result<Vec<f32>>;
     fn set_params(&mut self, params: &[f32]) -> Result<()>;
-    fn optimizer_state(&self) -> OptimizerState;
+    fn optimizer_state(&self) -> Result<OptimizerState>;
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;
     /// Allocates what micro-batches of `batch × seq` tokens (the largest the run uses) need,
     /// so that a run that cannot fit is refused before it starts. Nothing to do on the CPU.
@@ -142,6 +169,11 @@ pub trait Engine: Send {
     }
     /// Accelerator memory in use, in bytes, for the metrics; `None` for the CPU.
     fn device_memory_used(&self) -> Option<u64> {
+        None
+    }
+    /// The attention kernels this engine chose (`Mma` or `Simt`), for engines that have a
+    /// choice; `None` for the CPU.
+    fn attention_kernels(&self) -> Option<AttentionKernels> {
         None
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::TrainArgs;
-use crate::device::{DType, Device};
+use crate::device::{AttentionKernels, DType, Device};
 use crate::engine::AdamW;
 use crate::model::ModelConfig;
 use crate::schedule::{Schedule, ScheduleKind};
@@ -37,6 +37,10 @@ pub struct RunConfig {
     /// Configs written before `--dtype` existed were f32.
     #[serde(default)]
     pub dtype: DType,
+    /// The CUDA engine's attention kernels: as asked (`auto` by default), then as the engine
+    /// chose them once it was built (`mma` or `simt`), so that a resumed run uses the same.
+    #[serde(default)]
+    pub attention: AttentionKernels,
     pub init_from: Option<PathBuf>,
 }
 
@@ -121,6 +125,7 @@ pub fn resolve(
         seed: args.seed.unwrap_or(0),
         device,
         dtype: device.effective_dtype(args.dtype, None),
+        attention: args.attention.unwrap_or_default(),
         init_from: args.init_from.clone(),
     };
     Ok(Resolved { config, notices })
@@ -378,6 +383,15 @@ mod tests {
         assert_eq!(c.device, Device::Auto);
         assert_eq!(c.dtype, DType::F32);
         assert_eq!(c.out, PathBuf::from("runs/run"));
+        assert_eq!(c.attention, AttentionKernels::Auto);
+        // The attention kernels are an option of the run, recorded in its config.json.
+        let c = resolve(&args(&["--attention", "simt"]), &facts(4), None)
+            .unwrap()
+            .config;
+        assert_eq!(c.attention, AttentionKernels::Simt);
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["attention"], "simt");
+        assert_eq!(json["device"], "auto");
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     for n in &notices {
         eprintln!("{n}");
     }
-    let config = start.config;
+    let mut config = start.config;
     let model = config.model.clone();
     check_memory(&config)?;
     let params = start
@@ -81,7 +81,10 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     // The dtype asked for, so that `--device cpu --dtype bf16` is refused and `auto` says that
     // it computes in f32; config.dtype records the one used.
     let asked = args.dtype.unwrap_or(config.dtype);
-    let (mut engine, notice) = crate::device::create(config.device, asked, model, params)?;
+    let (mut engine, notice) =
+        crate::device::create(config.device, asked, config.attention, model, params)?;
+    // The kernels the engine chose, so that a resumed run uses the same ones.
+    config.attention = engine.attention_kernels().unwrap_or(config.attention);
     if let Some(opt) = start.optimizer {
         engine.set_optimizer_state(opt)?;
     }

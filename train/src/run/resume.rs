@@ -61,6 +61,12 @@ pub fn load(
     resumed.dtype = config
         .device
         .effective_dtype(args.dtype, Some((saved.device, saved.dtype)));
+    // A GPU run resumed on a GPU keeps its attention kernels unless told otherwise.
+    resumed.attention = match args.attention {
+        Some(a) => a,
+        None if config.device.is_cuda() && saved.device.is_cuda() => saved.attention,
+        None => config.attention,
+    };
     resumed.seed = state.seed;
     // The run may be lengthened (or shortened) deliberately.
     if args.steps.is_some() || args.epochs.is_some() || args.tokens.is_some() {

@@ -220,7 +220,7 @@ impl Trainer<'_> {
 
     /// Saves a checkpoint (refusing non-finite weights) and prunes the old ones.
     fn save(&mut self, bar: &ProgressBar) -> Result<PathBuf> {
-        let params = self.engine.params();
+        let params = self.engine.params()?;
         if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
             bar.finish_and_clear();
             bail!(
@@ -228,7 +228,7 @@ impl Trainer<'_> {
                 self.state.step
             );
         }
-        let opt = self.engine.optimizer_state();
+        let opt = self.engine.optimizer_state()?;
         let checkpoints = self.checkpoints();
         let path = checkpoint::save(
             &checkpoints,

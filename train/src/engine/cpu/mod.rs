@@ -114,7 +114,7 @@ impl<T: Float> Acts<T> {
 
 /// Bytes the CPU engine needs for a model and micro-batch shape: parameters, gradients and
 /// both AdamW moments (16 bytes each), plus the activations kept for the backward pass.
-pub fn memory_estimate(c: &ModelConfig, batch: usize, seq: usize) -> u128 {
+pub fn host_memory_estimate(c: &ModelConfig, batch: usize, seq: usize) -> u128 {
     let n = (batch * seq) as u128;
     let (d, f) = (c.dim as u128, c.ffn_dim as u128);
     let hd = c.head_dim() as u128;
@@ -562,8 +562,8 @@ impl Engine for CpuEngine {
         Ok(norm)
     }
 
-    fn params(&self) -> Vec<f32> {
-        self.model.params.clone()
+    fn params(&self) -> Result<Vec<f32>> {
+        Ok(self.model.params.clone())
     }
 
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
@@ -580,12 +580,12 @@ impl Engine for CpuEngine {
         Ok(())
     }
 
-    fn optimizer_state(&self) -> OptimizerState {
-        OptimizerState {
+    fn optimizer_state(&self) -> Result<OptimizerState> {
+        Ok(OptimizerState {
             step: self.step,
             exp_avg: self.exp_avg.clone(),
             exp_avg_sq: self.exp_avg_sq.clone(),
-        }
+        })
     }
 
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()> {
@@ -743,7 +743,7 @@ mod tests {
                     (
                         loss.to_bits(),
                         grads.iter().map(|g| g.to_bits()).collect::<Vec<_>>(),
-                        e.params(),
+                        e.params().unwrap(),
                     )
                 })
         };
@@ -763,8 +763,8 @@ mod tests {
         let c = small_config();
         let params = 16 * c.checked_num_params();
         assert_eq!(params, 16 * Layout::new(&c).len() as u128);
-        let short = memory_estimate(&c, 2, 8);
-        let long = memory_estimate(&c, 2, 16);
+        let short = host_memory_estimate(&c, 2, 8);
+        let long = host_memory_estimate(&c, 2, 16);
         // Doubling the sequence at least quadruples the per-layer attention probabilities.
         let probs = |t: u128| 4 * c.n_layers as u128 * 2 * c.n_heads as u128 * t * t;
         assert!(long - short >= probs(16) - probs(8));
