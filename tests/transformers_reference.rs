@@ -126,12 +126,11 @@ fn checkpoints_load_in_transformers_with_the_same_logits() {
     }
 }
 
-#[test]
-fn models_written_by_transformers_load_with_the_same_logits() {
-    let Some(python) = torch_python() else { return };
-    let dir = tempdir();
-    let model_dir = dir.path().join("hf-model");
-    let out = Command::new(&python)
+/// A random bf16 Llama written by transformers' `save_pretrained` (sharded, untied, grouped
+/// query attention) in `work/hf-model`.
+fn make_hf_model(python: &Path, work: &Path) -> PathBuf {
+    let model_dir = work.join("hf-model");
+    let out = Command::new(python)
         .arg(script())
         .arg("make")
         .arg(&model_dir)
@@ -142,6 +141,14 @@ fn models_written_by_transformers_load_with_the_same_logits() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    model_dir
+}
+
+#[test]
+fn models_written_by_transformers_load_with_the_same_logits() {
+    let Some(python) = torch_python() else { return };
+    let dir = tempdir();
+    let model_dir = make_hf_model(&python, dir.path());
     assert!(
         model_dir.join("model.safetensors.index.json").exists(),
         "expected a sharded checkpoint"
@@ -183,18 +190,7 @@ fn hf_generate(python: &Path, model_dir: &Path, prompt: &[u32], n: usize, work: 
 fn greedy_generation_equals_transformers_generate() {
     let Some(python) = torch_python() else { return };
     let dir = tempdir();
-    let model_dir = dir.path().join("hf-model");
-    let out = Command::new(&python)
-        .arg(script())
-        .arg("make")
-        .arg(&model_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let model_dir = make_hf_model(&python, dir.path());
     let prompt: Vec<u32> = vec![256, 84, 104, 101, 32, 108, 97, 110, 116];
     let n = 40;
     let m = hf::read_model_dir(&model_dir).unwrap();

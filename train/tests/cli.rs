@@ -138,3 +138,62 @@ fn errors_are_one_line_and_exit_1() {
         );
     }
 }
+
+/// `train eval --json` prints one JSON object with loss and perplexity; `train sample` prints
+/// the text on stdout and its speed on stderr.
+#[test]
+fn eval_json_and_sample_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    let run = dir.path().join("run");
+    let train = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_train"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    let (s, r) = (shards.to_str().unwrap(), run.to_str().unwrap());
+    train(
+        &[
+            "--shards",
+            s,
+            "--out",
+            r,
+            "--model",
+            "tiny",
+            "--seq-len",
+            "64",
+        ]
+        .into_iter()
+        .chain(["--batch-size", "4", "--steps", "2", "--quiet"])
+        .collect::<Vec<_>>(),
+    );
+    let ck = run.join("checkpoints/best");
+    let ck = ck.to_str().unwrap();
+    let (json, _) = train(&["eval", "--checkpoint", ck, "--shards", s, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let (loss, ppl) = (
+        report["loss"].as_f64().unwrap(),
+        report["perplexity"].as_f64().unwrap(),
+    );
+    assert!((ppl - loss.exp()).abs() < 1e-9 * ppl, "{report}");
+    assert_eq!(report["split"], "val");
+    assert!(
+        report["engine"].as_str().unwrap().starts_with("cpu"),
+        "{report}"
+    );
+    let (text, speed) = train(&[
+        "sample",
+        "--checkpoint",
+        ck,
+        "--prompt",
+        "the ",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(text.starts_with("the "), "{text}");
+    assert!(speed.contains("tokens/s after the prompt"), "{speed}");
+}
