@@ -4,7 +4,8 @@
 //! Each call runs `n` new tokens (the whole prompt in one batched pass, then one token per
 //! call) through the same ops as [`Model::forward_trunk`], with RoPE at their positions, appends
 //! their rotated keys and values to every layer's cache, and applies the LM head to the last
-//! row only. A new token thus costs one position's forward pass (plus attention over the
+//! row only. A prompt (nothing cached yet) attends with training's blocked causal forward;
+//! later tokens with [`attention_cached`] over the cache. A new token thus costs one position's forward pass (plus attention over the
 //! cache), not the whole prefix's.
 
 use super::ops::*;
@@ -88,7 +89,16 @@ impl<T: Float> Model<T> {
             );
             rope_forward_at(&mut q, n, nh, hd, c.rope_theta, past);
             rope_forward_at(&mut cache.k[i][rows], n, nkv, hd, c.rope_theta, past);
-            attention_cached(&mut att, &q, &cache.k[i], &cache.v[i], n, past, nh, nkv, hd);
+            if past == 0 && n > 1 {
+                // A prompt: the blocked causal forward of training (gemm over row blocks) is
+                // the faster way to attend n rows to each other.
+                let prompt = ..n * kvd;
+                let (k, v) = (&cache.k[i][prompt], &cache.v[i][prompt]);
+                let mut probs = buf(nh * n * n);
+                attention_forward(&mut att, &mut probs, &q, k, v, 1, n, nh, nkv, hd);
+            } else {
+                attention_cached(&mut att, &q, &cache.k[i], &cache.v[i], n, past, nh, nkv, hd);
+            }
             linear_forward(&mut mid, &att, w(b.wo, d * qd), n, qd, d);
             add_inplace(&mut mid, &x);
             rmsnorm_forward(&mut h, &mut rstd, &mid, w(b.mlp_norm, d), n, d, eps);
