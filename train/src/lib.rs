@@ -18,3 +18,4 @@ pub mod plot;
 pub mod run;
 pub mod sample;
 pub mod schedule;
+pub mod threads;

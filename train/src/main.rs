@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ingot_train::cli::{Cli, Command};
+use ingot_train::threads;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -14,21 +15,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn threads(n: Option<usize>) -> anyhow::Result<()> {
-    if let Some(n) = n {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()?;
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => {
-            let args = cli.train.merged_with_file()?;
-            threads(args.threads)?;
-            let s = ingot_train::run::run(&args)?;
+            let s = ingot_train::run::run(&cli.train)?;
             let val = match (s.val_loss, s.val_ppl) {
                 (Some(l), Some(p)) => format!(", val loss {l:.4} (perplexity {p:.2})"),
                 _ => String::new(),
@@ -47,7 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Some(Command::Sample(args)) => {
-            threads(args.engine.threads)?;
+            threads::configure(args.engine.threads)?;
             let s = ingot_train::sample::run(&args)?;
             println!("{}", s.text);
             eprintln!(
@@ -60,7 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Some(Command::Eval(args)) => {
-            threads(args.engine.threads)?;
+            threads::configure(args.engine.threads)?;
             let r = ingot_train::evaluate::run(&args)?;
             if args.json {
                 println!("{}", serde_json::to_string(&r)?);

@@ -41,6 +41,7 @@ pub struct Summary {
 /// place it is).
 pub fn run(args: &TrainArgs) -> Result<Summary> {
     let args = args.merged_with_file()?;
+    crate::threads::configure(args.threads)?;
     let shards = args
         .shards
         .clone()
