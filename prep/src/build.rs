@@ -184,16 +184,17 @@ pub fn run(args: &BuildArgs) -> Result<Summary> {
         bail!("nothing to pack: all {n} record(s) were skipped ({}); check --text-field, --txt-unit and the inputs", describe_skips(&skipped));
     }
     let blocks = train.blocks + val.blocks;
+    // No block at all first: its fix is the block size whatever the val fraction.
+    if blocks == 0 {
+        bail!(
+            "the corpus is smaller than one block: the train split has {} tokens, fewer than --block-size {block_size}; use a smaller --block-size or more text",
+            train.tokens_dropped
+        );
+    }
     if args.val_fraction > 0.0 && blocks < 2 {
         bail!(
             "{}",
             too_small_to_split(tokens, blocks, block_size, args.val_fraction)
-        );
-    }
-    if train.blocks == 0 {
-        bail!(
-            "the corpus is smaller than one block: the train split has {} tokens, fewer than --block-size {block_size}; use a smaller --block-size or more text",
-            train.tokens_dropped
         );
     }
 

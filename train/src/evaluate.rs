@@ -48,8 +48,10 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let batches = SplitBatches::new(&dataset, &args.split, seq, args.batch_size)
-        .map_err(|_| anyhow::anyhow!("--split {:?}: expected val or train", args.split))?;
+    if !matches!(args.split.as_str(), "val" | "train") {
+        bail!("--split {:?}: expected val or train", args.split);
+    }
+    let batches = SplitBatches::new(&dataset, &args.split, seq, args.batch_size)?;
     if batches.blocks() == 0 {
         bail!(
             "the {} split of {} is empty; evaluate --split train, or re-run prep with --val-fraction above 0",

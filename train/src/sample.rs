@@ -97,6 +97,7 @@ pub fn generate(
     sampling: Sampling,
     eos: Option<u32>,
 ) -> Result<Generated> {
+    check_request(engine.config().max_seq_len, prompt.len(), max_new)?;
     engine.begin_sequence(prompt.len() + max_new)?;
     let t0 = Instant::now();
     let mut logits = engine.extend_sequence(prompt)?;
@@ -130,6 +131,7 @@ pub fn generate_uncached(
     sampling: Sampling,
     eos: Option<u32>,
 ) -> Result<Generated> {
+    check_request(engine.config().max_seq_len, prompt.len(), max_new)?;
     let v = engine.config().vocab_size;
     let mut rng = Rng(sampling.seed);
     let mut ids = prompt.to_vec();
@@ -151,6 +153,23 @@ pub fn generate_uncached(
         prefill_seconds,
         decode_seconds: t0.elapsed().as_secs_f64() - prefill_seconds,
     })
+}
+
+/// A generation needs a prompt, and the prompt and the new tokens must fit the model's
+/// context (`max_position_embeddings`): the sequence that results is at most that long.
+fn check_request(context: usize, prompt: usize, max_new: usize) -> Result<()> {
+    if prompt == 0 {
+        bail!(
+            "the prompt is empty and the tokenizer has no BOS token to start from; give --prompt"
+        );
+    }
+    match prompt.checked_add(max_new) {
+        Some(total) if total <= context => Ok(()),
+        _ => bail!(
+            "--max-new-tokens {max_new}: the prompt's {prompt} tokens and the new ones exceed the model's context of {context} positions; use --max-new-tokens {} or less",
+            context.saturating_sub(prompt)
+        ),
+    }
 }
 
 fn pick(logits: &mut [f32], s: Sampling, rng: &mut Rng) -> u32 {
@@ -185,21 +204,9 @@ pub fn run(args: &SampleArgs) -> Result<SampleOutput> {
     let context = model.config.max_seq_len;
     let mut ids: Vec<u32> = bos.into_iter().collect();
     ids.extend(tokenizer.encode(&args.prompt)?);
-    if ids.is_empty() {
-        bail!(
-            "the prompt is empty and the tokenizer has no BOS token to start from; give --prompt"
-        );
-    }
+    check_request(context, ids.len(), args.max_new_tokens)?;
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
         bail!("the prompt encodes to id {bad}, outside the model's vocabulary of {vocab}");
-    }
-    if ids.len() + args.max_new_tokens > context {
-        bail!(
-            "--max-new-tokens {}: the prompt's {} tokens and the new ones exceed the model's context of {context} positions; use --max-new-tokens {} or less",
-            args.max_new_tokens,
-            ids.len(),
-            context.saturating_sub(ids.len())
-        );
     }
     let e = &args.engine;
     let (mut engine, notice) =
@@ -230,7 +237,9 @@ pub fn run(args: &SampleArgs) -> Result<SampleOutput> {
         prefill_seconds: g.prefill_seconds,
         decode_seconds: g.decode_seconds,
         tokens_per_second: g.tokens.len() as f64 / seconds,
-        decode_tokens_per_second: g.tokens.len() as f64 / g.decode_seconds.max(1e-9),
+        // The first new token comes from the prompt's pass; each later one from one step.
+        decode_tokens_per_second: g.tokens.len().saturating_sub(1) as f64
+            / g.decode_seconds.max(1e-9),
     })
 }
 
@@ -289,11 +298,19 @@ mod tests {
         let x = generate(&mut engine, &prompt, 24, hot, None).unwrap();
         let y = generate(&mut engine, &prompt, 24, hot, None).unwrap();
         assert_eq!(x.tokens, y.tokens);
-        // The cache is sized for the prompt and the new tokens; beyond the model it is refused.
+        // The prompt and the new tokens must fit the model's context; an empty prompt and a
+        // count that overflows are refused in one line too, on both paths.
         let e = generate(&mut engine, &prompt, 64, greedy, None).unwrap_err();
         assert!(
-            format!("{e:#}").contains("the model takes 1 to 64"),
+            format!("{e:#}").contains("context of 64 positions"),
             "{e:#}"
         );
+        for (p, n) in [(&prompt[..], usize::MAX), (&[][..], 3)] {
+            for how in [generate, generate_uncached] {
+                let e = how(&mut engine, p, n, greedy, None).unwrap_err();
+                assert!(!format!("{e:#}").contains('\n'), "{e:#}");
+            }
+        }
+        assert!(generate(&mut engine, &prompt, 58, greedy, None).is_ok());
     }
 }

@@ -37,10 +37,14 @@ pub struct RunConfig {
     /// Configs written before `--dtype` existed were f32.
     #[serde(default)]
     pub dtype: DType,
-    /// The CUDA engine's attention kernels: as asked (`auto` by default), then as the engine
-    /// chose them once it was built (`mma` or `simt`), so that a resumed run uses the same.
+    /// The CUDA engine's attention kernels as asked (`--attention`, `auto` by default); a
+    /// resumed run asks the same.
     #[serde(default)]
     pub attention: AttentionKernels,
+    /// The kernels the CUDA engine chose (`mma` or `simt`; none on the CPU): what `auto`
+    /// became on this GPU, dtype and head dim.
+    #[serde(default)]
+    pub attention_kernels: Option<AttentionKernels>,
     pub init_from: Option<PathBuf>,
 }
 
@@ -126,6 +130,7 @@ pub fn resolve(
         device,
         dtype: device.effective_dtype(args.dtype, None),
         attention: args.attention.unwrap_or_default(),
+        attention_kernels: None,
         init_from: args.init_from.clone(),
     };
     Ok(Resolved { config, notices })
@@ -248,7 +253,8 @@ fn evaluation(args: &TrainArgs, val_blocks: u64, notices: &mut Vec<String>) -> R
     if val_blocks > 0 {
         return Ok(true);
     }
-    if let Some(n) = args.eval_every {
+    // `--eval-every 0` turns periodic evaluation off: no request to evaluate.
+    if let Some(n) = args.eval_every.filter(|&n| n > 0) {
         bail!("--eval-every {n}: the dataset's val split is empty, so nothing can be evaluated; re-run prep with --val-fraction above 0, or leave out --eval-every");
     }
     notices.push(NO_VAL_NOTICE.to_string());
@@ -404,7 +410,9 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(msg.contains("--eval-every 5") && msg.contains("val split is empty"));
         assert!(!msg.contains('\n'));
-        // --no-eval says nothing.
+        // --eval-every 0 asks for no evaluation; --no-eval says nothing.
+        let r = resolve(&args(&["--eval-every", "0"]), &facts(0), None).unwrap();
+        assert!(!r.config.evaluate);
         let r = resolve(&args(&["--no-eval"]), &facts(0), None).unwrap();
         assert!(!r.config.evaluate && r.notices.is_empty());
     }

@@ -8,13 +8,12 @@ pub mod config;
 pub mod resume;
 pub mod trainer;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use ingot_formats::checksum::sha256_hex;
 use ingot_formats::{Dataset, Index};
 use ingot_tokenizer::Tokenizer;
-use serde::Serialize;
 
 use crate::checkpoint::{hf, TrainerState};
 use crate::cli::TrainArgs;
@@ -22,20 +21,7 @@ use crate::data::DataPosition;
 use crate::model::{init::init_params, Layout};
 pub use config::RunConfig;
 use config::{DatasetFacts, Resolved};
-
-/// What a finished (or stopped) run reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub steps: u64,
-    pub stopped_early: bool,
-    pub final_loss: f64,
-    pub val_loss: Option<f64>,
-    pub val_ppl: Option<f64>,
-    pub tokens: u64,
-    pub tokens_per_second: f64,
-    pub checkpoint: Option<PathBuf>,
-    pub run_dir: PathBuf,
-}
+pub use trainer::Summary;
 
 /// Runs `train` with `args` (the command line; a `--config` file is merged here, the one
 /// place it is).
@@ -84,8 +70,7 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     let asked = args.dtype.unwrap_or(config.dtype);
     let (mut engine, notice) =
         crate::device::create(config.device, asked, config.attention, model, params)?;
-    // The kernels the engine chose, so that a resumed run uses the same ones.
-    config.attention = engine.attention_kernels().unwrap_or(config.attention);
+    config.attention_kernels = engine.attention_kernels();
     if let Some(opt) = start.optimizer {
         engine.set_optimizer_state(opt)?;
     }

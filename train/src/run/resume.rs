@@ -61,12 +61,15 @@ pub fn load(
     resumed.dtype = config
         .device
         .effective_dtype(args.dtype, Some((saved.device, saved.dtype)));
-    // A GPU run resumed on a GPU keeps its attention kernels unless told otherwise.
+    // A GPU run resumed on a GPU asks for the attention kernels it asked for (`auto` chooses
+    // the same ones on the same GPU, dtype and head dim), unless told otherwise; off the GPU
+    // there is no choice. What the engine chooses is recorded again once it is built.
     resumed.attention = match args.attention {
         Some(a) => a,
-        None if config.device.is_cuda() && saved.device.is_cuda() => saved.attention,
+        None if config.device.is_cuda() => saved.attention,
         None => config.attention,
     };
+    resumed.attention_kernels = None;
     resumed.seed = state.seed;
     // The run may be lengthened (or shortened) deliberately.
     if args.steps.is_some() || args.epochs.is_some() || args.tokens.is_some() {

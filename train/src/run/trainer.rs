@@ -9,10 +9,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ingot_formats::Dataset;
+use serde::Serialize;
 use serde_json::json;
 
 use super::config::RunConfig;
-use super::Summary;
 use crate::checkpoint::{self, hf, Checkpoint, TrainerState};
 use crate::data::{SplitBatches, TrainStream};
 use crate::engine::{Batch, Engine};
@@ -34,6 +34,20 @@ fn stop_flag() -> &'static Arc<AtomicBool> {
         });
         flag
     })
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub stopped_early: bool,
+    pub final_loss: f64,
+    pub val_loss: Option<f64>,
+    pub val_ppl: Option<f64>,
+    pub tokens: u64,
+    pub tokens_per_second: f64,
+    pub checkpoint: Option<PathBuf>,
+    pub run_dir: PathBuf,
 }
 
 pub struct Trainer<'a> {
