@@ -19,7 +19,7 @@
 //! (`T` and f32 statistics) sized for the largest micro-batch seen (in tokens); a smaller
 //! shape reuses them, so a warm step allocates no device memory.
 //!
-//! Generation ([`CudaEngine::begin_sequence`], [`CudaEngine::extend_sequence`]) keeps per layer
+//! Generation ([`Engine::begin_sequence`], [`Engine::extend_sequence`]) keeps per layer
 //! a key and a value cache `[capacity, n_kv_heads * head_dim]` in `T`, allocated when the
 //! sequence begins; the k and v GEMMs of new tokens write straight into their cache rows, and
 //! attention over the cache is `attention_decode_*` (warp per query row and head).
@@ -322,7 +322,7 @@ impl<T: Storage> TensorViews<T> {
     }
 }
 
-/// The key/value cache of the sequence being generated ([`CudaEngine::begin_sequence`]).
+/// The key/value cache of the sequence being generated ([`Engine::begin_sequence`]).
 struct Sequence<T> {
     capacity: usize,
     /// Positions already in the cache (the next token's position).
@@ -859,77 +859,6 @@ impl<T: Storage> CudaEngine<T> {
         Ok(())
     }
 
-    /// Starts a new sequence decoded with a key/value cache of `capacity` positions
-    /// (1 ≤ capacity ≤ the model's `max_seq_len`, else a one-line error), dropping any
-    /// previous one. Allocates per layer a key and a value cache `[capacity, n_kv_heads *
-    /// head_dim]` in `T` and RoPE tables for `capacity` positions; changing the weights
-    /// (`set_params`, `step`) ends the sequence, since its cache was computed with the old ones.
-    pub fn begin_sequence(&mut self, capacity: usize) -> Result<()> {
-        super::check_capacity(&self.config, capacity)?;
-        let c = &self.config;
-        let elem = size_of::<T>();
-        let freed = self
-            .sequence
-            .as_ref()
-            .map_or(0, |sq| sequence_bytes(c, sq.capacity, elem));
-        fits(
-            sequence_bytes(c, capacity, elem),
-            free_memory(&self.gpu)? + freed,
-            &format!("cuda:{}", self.gpu.info.ordinal),
-            &format!("the key/value cache of {capacity} positions"),
-            "generate fewer tokens or use a shorter prompt",
-        )?;
-        self.sequence = None;
-        let stream = self.gpu.stream.clone();
-        let kvd = c.n_kv_heads * c.head_dim();
-        let cache = || -> Result<Vec<DevBuf<T>>> {
-            (0..c.n_layers)
-                .map(|_| DevBuf::from_slice(&stream, self.gpu.zeros::<T>(capacity * kvd)?))
-                .collect()
-        };
-        let (k, v) = (cache()?, cache()?);
-        let (cos, sin) = self.gpu.rope_tables(capacity, c.head_dim(), c.rope_theta)?;
-        self.sequence = Some(Sequence {
-            capacity,
-            past: 0,
-            k,
-            v,
-            cos: DevBuf::from_slice(&stream, cos)?,
-            sin: DevBuf::from_slice(&stream, sin)?,
-            logits: self.gpu.zeros::<f32>(c.vocab_size)?,
-        });
-        Ok(())
-    }
-
-    /// Runs `tokens` (a whole prompt in one batched pass, or one new token) at the next
-    /// positions of the cached sequence, appending their keys and values to the cache, and
-    /// returns the f32 logits `[vocab]` of the last of them: the same as the last row of
-    /// [`Engine::logits`] over the whole sequence so far, within the storage type's rounding.
-    /// Errors (one line): no sequence begun, empty `tokens`, an id outside the vocabulary, or
-    /// more positions than the capacity; after one the sequence is as it was.
-    pub fn extend_sequence(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let Some(sq) = self.sequence.as_ref() else {
-            // Also after a weight change, which ends the sequence.
-            bail!("no sequence to extend: begin one first");
-        };
-        super::check_extension(&self.config, tokens, sq.past, sq.capacity)?;
-        let (n, v) = (tokens.len(), self.config.vocab_size);
-        self.forward_trunk(tokens, 1, n, true)?;
-        let d = self.config.dim;
-        let lm = self.layout.lm_head;
-        let (Some(s), Some(sq)) = (self.shape.as_ref(), self.sequence.as_mut()) else {
-            bail!("activations missing");
-        };
-        // The LM head of the last row only: one row × vocab, in f32 as in `logits`.
-        let last = s.acts.hf.slice((n - 1) * d..n * d);
-        let w_lm = self.work.owner.slice(lm..lm + v * d);
-        self.blas
-            .linear_forward::<T, f32>(&mut sq.logits, &last, &w_lm, 1, d, v)?;
-        let logits = self.gpu.download(&sq.logits)?;
-        sq.past += n;
-        Ok(logits)
-    }
-
     /// Mean loss and, when `grad_scale` is given, gradients added into `grads`, as the CPU's
     /// `Model::forward_backward`.
     fn forward_backward_impl(&mut self, batch: &Batch, grad_scale: Option<f32>) -> Result<f32> {
@@ -1148,13 +1077,75 @@ impl<T: Storage> Engine for CudaEngine<T> {
         Ok(self.gpu.download(&out)?)
     }
 
-    // The inherent methods (an inherent associated function wins over the trait's).
+    /// Starts a new sequence decoded with a key/value cache of `capacity` positions
+    /// (1 ≤ capacity ≤ the model's `max_seq_len`, else a one-line error), dropping any
+    /// previous one. Allocates per layer a key and a value cache `[capacity, n_kv_heads *
+    /// head_dim]` in `T` and RoPE tables for `capacity` positions; changing the weights
+    /// (`set_params`, `step`) ends the sequence, since its cache was computed with the old ones.
     fn begin_sequence(&mut self, capacity: usize) -> Result<()> {
-        CudaEngine::begin_sequence(self, capacity)
+        super::check_capacity(&self.config, capacity)?;
+        let c = &self.config;
+        let elem = size_of::<T>();
+        let freed = self
+            .sequence
+            .as_ref()
+            .map_or(0, |sq| sequence_bytes(c, sq.capacity, elem));
+        fits(
+            sequence_bytes(c, capacity, elem),
+            free_memory(&self.gpu)? + freed,
+            &format!("cuda:{}", self.gpu.info.ordinal),
+            &format!("the key/value cache of {capacity} positions"),
+            "generate fewer tokens or use a shorter prompt",
+        )?;
+        self.sequence = None;
+        let stream = self.gpu.stream.clone();
+        let kvd = c.n_kv_heads * c.head_dim();
+        let cache = || -> Result<Vec<DevBuf<T>>> {
+            (0..c.n_layers)
+                .map(|_| DevBuf::from_slice(&stream, self.gpu.zeros::<T>(capacity * kvd)?))
+                .collect()
+        };
+        let (k, v) = (cache()?, cache()?);
+        let (cos, sin) = self.gpu.rope_tables(capacity, c.head_dim(), c.rope_theta)?;
+        self.sequence = Some(Sequence {
+            capacity,
+            past: 0,
+            k,
+            v,
+            cos: DevBuf::from_slice(&stream, cos)?,
+            sin: DevBuf::from_slice(&stream, sin)?,
+            logits: self.gpu.zeros::<f32>(c.vocab_size)?,
+        });
+        Ok(())
     }
 
+    /// Runs `tokens` (a whole prompt in one batched pass, or one new token) at the next
+    /// positions of the cached sequence, appending their keys and values to the cache, and
+    /// returns the f32 logits `[vocab]` of the last of them: the same as the last row of
+    /// [`Engine::logits`] over the whole sequence so far, within the storage type's rounding.
+    /// Errors (one line): no sequence begun, empty `tokens`, an id outside the vocabulary, or
+    /// more positions than the capacity; after one the sequence is as it was.
     fn extend_sequence(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        CudaEngine::extend_sequence(self, tokens)
+        let Some(sq) = self.sequence.as_ref() else {
+            // Also after a weight change, which ends the sequence.
+            bail!("no sequence to extend: begin one first");
+        };
+        super::check_extension(&self.config, tokens, sq.past, sq.capacity)?;
+        let (n, v) = (tokens.len(), self.config.vocab_size);
+        self.forward_trunk(tokens, 1, n, true)?;
+        let d = self.config.dim;
+        let lm = self.layout.lm_head;
+        let (Some(s), Some(sq)) = (self.shape.as_ref(), self.sequence.as_mut()) else {
+            bail!("activations missing");
+        };
+        // The LM head of the last row only: one row × vocab, in f32 as in `logits`.
+        let last = s.acts.hf.slice((n - 1) * d..n * d);
+        let w_lm = self.work.owner.slice(lm..lm + v * d);
+        self.blas
+            .linear_forward::<T, f32>(&mut sq.logits, &last, &w_lm, 1, d, v)?;
+        let logits = self.gpu.download(&sq.logits)?;
+        sq.past += n;
+        Ok(logits)
     }
 
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
