@@ -126,7 +126,12 @@ impl BlockStream {
 
     /// Sends one whole block where the selector says.
     fn place(&mut self, block: &[u32], documents: u64) -> Result<()> {
-        let hash = block_hash(block, self.dtype, &mut self.bytes);
+        // Without a val split every block goes to train: no hash to compute.
+        let hash = if self.selector.has_val() {
+            block_hash(block, self.dtype, &mut self.bytes)
+        } else {
+            0
+        };
         let step = self.selector.offer(hash);
         match step.offer {
             Offer::Train => self.write(Split::Train, block, documents)?,

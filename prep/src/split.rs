@@ -69,6 +69,12 @@ impl Selector {
         }
     }
 
+    /// Whether any block can go to `val` (`--val-fraction` above 0): without, the hash of a
+    /// block is never looked at.
+    pub fn has_val(&self) -> bool {
+        self.group.is_some()
+    }
+
     /// Offers the next block of the stream, by the hash of its bytes.
     pub fn offer(&mut self, hash: u64) -> Step {
         let Some(group) = self.group else {
