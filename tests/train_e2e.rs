@@ -216,6 +216,23 @@ fn a_run_learns_and_writes_a_hugging_face_checkpoint() {
     let report = ingot_train::evaluate::run(&eval).unwrap();
     assert_eq!(report.sequences, 8);
     assert!(report.loss.is_finite() && report.perplexity > 1.0);
+    // Bad eval options: one line each.
+    for (extra, want) in [
+        (
+            ["--split", "test"],
+            "--split \"test\": expected val or train",
+        ),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--seq-len", "1"], "--seq-len 1 must be between 2"),
+    ] {
+        let mut argv = vec!["train", "eval", "--checkpoint", ck_s, "--shards", shards_s];
+        argv.extend(extra);
+        let Some(Command::Eval(bad)) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("train eval did not parse")
+        };
+        let e = format!("{:#}", ingot_train::evaluate::run(&bad).unwrap_err());
+        assert!(e.contains(want) && !e.contains('\n'), "{e}");
+    }
 }
 
 #[test]
@@ -410,6 +427,26 @@ fn bad_inputs_are_refused_before_any_work() {
     assert!(s.val_loss.is_none());
     let best = std::fs::read_link(noval_run.join("checkpoints/best")).unwrap();
     assert_eq!(best, std::path::PathBuf::from("step-0000002"));
+    // `train eval` of its empty val split: one line naming the way out.
+    let ck = noval_run.join("checkpoints/best");
+    let Some(Command::Eval(eval)) = Cli::try_parse_from([
+        "train",
+        "eval",
+        "--checkpoint",
+        path_str(&ck),
+        "--shards",
+        path_str(&noval),
+    ])
+    .unwrap()
+    .command
+    else {
+        panic!("train eval did not parse")
+    };
+    let e = format!("{:#}", ingot_train::evaluate::run(&eval).unwrap_err());
+    assert!(
+        e.contains("val split") && e.contains("is empty") && e.contains("--split train"),
+        "{e}"
+    );
 
     // --init-from something that is not a Llama, or with another vocabulary.
     let gpt2 = dir.path().join("gpt2");

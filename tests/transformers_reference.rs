@@ -195,12 +195,7 @@ fn greedy_generation_equals_transformers_generate() {
     let n = 40;
     let m = hf::read_model_dir(&model_dir).unwrap();
     let mut engine = CpuEngine::new(m.config, m.params).unwrap();
-    let greedy = ingot_train::sample::Sampling {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        seed: 0,
-    };
+    let greedy = ingot_train::sample::Sampling::GREEDY;
     let ours = ingot_train::sample::generate(&mut engine, &prompt, n, greedy, None)
         .unwrap()
         .tokens;

@@ -78,6 +78,16 @@ pub struct Sampling {
     pub seed: u64,
 }
 
+impl Sampling {
+    /// Always the most likely token.
+    pub const GREEDY: Sampling = Sampling {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+    };
+}
+
 /// The new tokens of one generation and how long it took.
 #[derive(Debug, Clone)]
 pub struct Generated {
@@ -278,12 +288,7 @@ mod tests {
         let p = init_params(&c, &Layout::new(&c), 11);
         let mut engine = CpuEngine::new(c, p).unwrap();
         let prompt = [1, 5, 9, 2, 33, 7];
-        let greedy = Sampling {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-        };
+        let greedy = Sampling::GREEDY;
         let a = generate(&mut engine, &prompt, 24, greedy, None).unwrap();
         let b = generate_uncached(&mut engine, &prompt, 24, greedy, None).unwrap();
         assert_eq!(a.tokens.len(), 24);
@@ -305,10 +310,15 @@ mod tests {
             format!("{e:#}").contains("context of 64 positions"),
             "{e:#}"
         );
-        for (p, n) in [(&prompt[..], usize::MAX), (&[][..], 3)] {
+        let huge = format!("--max-new-tokens {}", usize::MAX);
+        let cases = [
+            (&prompt[..], usize::MAX, &huge[..]),
+            (&[][..], 3, "prompt is empty"),
+        ];
+        for (p, n, want) in cases {
             for how in [generate, generate_uncached] {
-                let e = how(&mut engine, p, n, greedy, None).unwrap_err();
-                assert!(!format!("{e:#}").contains('\n'), "{e:#}");
+                let e = format!("{:#}", how(&mut engine, p, n, greedy, None).unwrap_err());
+                assert!(e.contains(want) && !e.contains('\n'), "{e}");
             }
         }
         assert!(generate(&mut engine, &prompt, 58, greedy, None).is_ok());

@@ -170,4 +170,44 @@ mod tests {
     fn argmax(x: &[f32]) -> u32 {
         (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b }) as u32
     }
+
+    /// The engine refuses, in one line and leaving the sequence as it was: extending before
+    /// beginning, no tokens, an id outside the vocabulary, more positions than begun with, a
+    /// capacity the model cannot take; and a weight change ends the sequence.
+    #[test]
+    fn the_engine_refuses_bad_extensions_in_one_line() {
+        use crate::engine::cpu::CpuEngine;
+        use crate::engine::Engine;
+        let m = model();
+        let (c, p) = (m.config.clone(), m.params.clone());
+        let mut e = CpuEngine::new(c, p.clone()).unwrap();
+        let refuse = |r: anyhow::Result<Vec<f32>>, want: &str| {
+            let msg = format!("{:#}", r.unwrap_err());
+            assert!(msg.contains(want) && !msg.contains('\n'), "{msg}");
+        };
+        refuse(e.extend_sequence(&[1]), "no sequence to extend");
+        for bad in [0, 65] {
+            let msg = format!("{:#}", e.begin_sequence(bad).unwrap_err());
+            assert!(msg.contains("the model takes 1 to 64"), "{msg}");
+        }
+        e.begin_sequence(4).unwrap();
+        refuse(e.extend_sequence(&[]), "no tokens");
+        refuse(
+            e.extend_sequence(&[37]),
+            "outside the model's vocabulary of 37",
+        );
+        let first = e.extend_sequence(&[1, 2, 3]).unwrap();
+        refuse(e.extend_sequence(&[4, 5]), "it was begun with room for 4");
+        // The refusals changed nothing: the fourth position still fits, and equals the
+        // uncached logits of the four tokens.
+        let last = e.extend_sequence(&[4]).unwrap();
+        let whole = e.logits(&[1, 2, 3, 4]).unwrap();
+        assert_eq!(first.len(), last.len());
+        let top = last.iter().fold(0f32, |a, &x| a.max(x.abs()));
+        for (a, b) in last.iter().zip(&whole[3 * 37..]) {
+            assert!((a - b).abs() <= 1e-5 * top, "{a} vs {b}");
+        }
+        e.set_params(&p).unwrap();
+        refuse(e.extend_sequence(&[1]), "no sequence to extend");
+    }
 }
