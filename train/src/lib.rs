@@ -8,6 +8,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod collective;
 pub mod data;
 pub mod device;
 pub mod engine;

@@ -42,6 +42,7 @@ use ingot_kernels::matmul::{Blas, CudaStream};
 
 use super::optim::{decay_mask, AdamW};
 use super::{AttentionKernels, Batch, Engine, OptimizerState};
+use crate::collective::{Collective, Solo};
 use crate::model::{Layout, ModelConfig};
 
 /// Logits kept at once by the fused LM head + cross-entropy: the rows of one slab are chosen
@@ -479,6 +480,8 @@ pub struct CudaEngine<T: Storage = f32> {
     /// Whether attention runs on tensor cores ([`choose_attention`]).
     mma_attention: bool,
     step: u64,
+    /// The ranks this engine trains with ([`Solo`] for one process).
+    comm: Box<dyn Collective>,
 }
 
 /// The mixed-precision engine: bf16 weights and activations, f32 everything else.
@@ -560,6 +563,7 @@ impl<T: Storage> CudaEngine<T> {
             rope: None,
             sequence: None,
             host_targets: Vec::new(),
+            comm: Box::new(Solo),
             lm_head_rows,
             mma_attention,
             step: 0,
@@ -1216,7 +1220,11 @@ impl<T: Storage> Engine for CudaEngine<T> {
         Ok(())
     }
 
-    fn optimizer_state(&self) -> Result<OptimizerState> {
+    fn collective(&mut self) -> &mut dyn Collective {
+        self.comm.as_mut()
+    }
+
+    fn optimizer_state(&mut self) -> Result<OptimizerState> {
         let get = |s: &CudaSlice<f32>| {
             self.gpu.download(s).map_err(|e| {
                 anyhow::anyhow!("copying the optimizer state from the GPU failed: {e}")

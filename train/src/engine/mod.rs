@@ -11,6 +11,7 @@ pub mod optim;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::collective::Collective;
 use crate::model::ModelConfig;
 pub use optim::AdamW;
 
@@ -133,7 +134,7 @@ pub struct OptimizerState {
     pub exp_avg_sq: Vec<f32>,
 }
 
-pub trait Engine: Send {
+pub trait Engine {
     /// A short name for messages, e.g. `cpu`.
     fn name(&self) -> String;
     fn config(&self) -> &ModelConfig;
@@ -160,7 +161,9 @@ pub trait Engine: Send {
     /// from the device, which can fail, on a GPU).
     fn params(&self) -> Result<Vec<f32>>;
     fn set_params(&mut self, params: &[f32]) -> Result<()>;
-    fn optimizer_state(&self) -> Result<OptimizerState>;
+    /// The whole optimizer state in the model's layout; under ZeRO-1 the ranks gather their
+    /// shards, so every rank must call it.
+    fn optimizer_state(&mut self) -> Result<OptimizerState>;
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;
     /// Allocates what micro-batches of `batch × seq` tokens (the largest the run uses) need,
     /// so that a run that cannot fit is refused before it starts. Nothing to do on the CPU.
@@ -171,6 +174,9 @@ pub trait Engine: Send {
     fn device_memory_used(&self) -> Option<u64> {
         None
     }
+    /// The ranks this engine trains with: the loop agrees with them on the loss, the stop
+    /// request and the validation sums, and waits with them for checkpoints.
+    fn collective(&mut self) -> &mut dyn Collective;
     /// The attention kernels this engine chose (`Mma` or `Simt`), for engines that have a
     /// choice; `None` for the CPU.
     fn attention_kernels(&self) -> Option<AttentionKernels> {

@@ -30,13 +30,18 @@ impl Default for AdamW {
 /// Elements per parallel chunk; fixed so results never depend on the thread count.
 const CHUNK: usize = 1 << 14;
 
-/// Global L2 norm, summed in f64 over fixed chunks in order (deterministic).
-pub fn global_norm(grads: &[f32]) -> f32 {
+/// Sum of squares, in f64 over fixed chunks summed in order (deterministic).
+pub fn sum_squares(grads: &[f32]) -> f64 {
     let partial: Vec<f64> = grads
         .par_chunks(CHUNK)
         .map(|c| c.iter().map(|&g| f64::from(g) * f64::from(g)).sum::<f64>())
         .collect();
-    partial.iter().sum::<f64>().sqrt() as f32
+    partial.iter().sum::<f64>()
+}
+
+/// Global L2 norm ([`sum_squares`], then the root).
+pub fn global_norm(grads: &[f32]) -> f32 {
+    sum_squares(grads).sqrt() as f32
 }
 
 /// Per-element weight-decay mask from the layout: 1 where decay applies.

@@ -10,7 +10,8 @@ pub mod ops;
 
 use anyhow::{bail, Result};
 
-use super::optim::{adamw_step, decay_mask, global_norm, AdamW};
+use super::optim::{adamw_step, decay_mask, global_norm, sum_squares, AdamW};
+use crate::collective::{gather_shards, Collective, Shards, Solo};
 use super::{Batch, Engine, OptimizerState};
 use crate::model::{Layout, ModelConfig};
 use ops::*;
@@ -462,10 +463,15 @@ pub struct CpuEngine {
     model: Model<f32>,
     /// The sequence being generated ([`CpuEngine::begin_sequence`]).
     cache: Option<decode::KvCache<f32>>,
+    /// AdamW moments: of every parameter, or under ZeRO-1 of this rank's shard only.
     exp_avg: Vec<f32>,
     exp_avg_sq: Vec<f32>,
     decay: Vec<bool>,
     step: u64,
+    /// The ranks this engine trains with ([`Solo`] for one process).
+    comm: Box<dyn Collective>,
+    /// How ZeRO-1 shards the optimizer state, when it is on.
+    zero: Option<Shards>,
 }
 
 impl CpuEngine {
@@ -480,7 +486,61 @@ impl CpuEngine {
             exp_avg_sq: vec![0.0; n],
             decay,
             step: 0,
+            comm: Box::new(Solo),
+            zero: None,
         })
+    }
+
+    /// Trains as one rank of `comm`'s world: gradients are averaged over the ranks before
+    /// clipping, and with `zero` each rank keeps the AdamW moments of its shard only
+    /// (reduce-scatter the gradients, update the shard, all-gather the parameters).
+    pub fn with_collective(mut self, comm: Box<dyn Collective>, zero: bool) -> CpuEngine {
+        let n = self.model.params.len();
+        self.zero = zero.then(|| Shards::new(n, comm.world()));
+        let owned = self.owned().len();
+        self.exp_avg = vec![0.0; owned];
+        self.exp_avg_sq = vec![0.0; owned];
+        self.comm = comm;
+        self
+    }
+
+    /// The parameters whose optimizer state this rank keeps.
+    fn owned(&self) -> std::ops::Range<usize> {
+        match self.zero {
+            Some(s) => s.range(self.comm.rank()),
+            None => 0..self.model.params.len(),
+        }
+    }
+
+    /// The gradients of the owned parameters, averaged over the ranks, and their global norm.
+    fn averaged_grads(&mut self) -> Result<(Vec<f32>, f32)> {
+        let world = self.comm.world();
+        let inv = 1.0 / world as f32;
+        if let Some(shards) = self.zero {
+            let mut send = std::mem::take(&mut self.model.grads);
+            send.resize(shards.padded(), 0.0);
+            let mut shard = vec![0.0f32; shards.shard];
+            let reduced = self.comm.reduce_scatter_sum(&send, &mut shard);
+            send.truncate(shards.n);
+            self.model.grads = send;
+            reduced?;
+            shard.truncate(self.owned().len());
+            shard.iter_mut().for_each(|g| *g *= inv);
+            let mut sq = [sum_squares(&shard)];
+            self.comm.all_reduce_sum_f64(&mut sq)?;
+            return Ok((shard, sq[0].sqrt() as f32));
+        }
+        let mut grads = std::mem::take(&mut self.model.grads);
+        if world > 1 {
+            let reduced = self.comm.all_reduce_sum(&mut grads);
+            if let Err(e) = reduced {
+                self.model.grads = grads;
+                return Err(e);
+            }
+            grads.iter_mut().for_each(|g| *g *= inv);
+        }
+        let norm = global_norm(&grads);
+        Ok((grads, norm))
     }
 
     /// The accumulated gradients (for tests).
@@ -535,7 +595,7 @@ impl Engine for CpuEngine {
     }
 
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
-        let norm = global_norm(&self.model.grads);
+        let (grads, norm) = self.averaged_grads()?;
         if !norm.is_finite() {
             self.model.grads.fill(0.0);
             bail!("the gradient norm is {norm}; the step was not applied (try a lower --lr or a --grad-clip)");
@@ -546,18 +606,31 @@ impl Engine for CpuEngine {
             None => 1.0,
         };
         self.step += 1;
+        let owned = self.owned();
         adamw_step(
-            &mut self.model.params,
-            &self.model.grads,
+            &mut self.model.params[owned.clone()],
+            &grads[..owned.len()],
             &mut self.exp_avg,
             &mut self.exp_avg_sq,
-            &self.decay,
+            &self.decay[owned.clone()],
             opt,
             lr,
             scale,
             self.step,
         );
-        self.model.grads.fill(0.0);
+        // Without ZeRO the averaged gradients were taken out of the model: its buffer is
+        // given back (zeroed) instead of reallocated.
+        let mut grads = grads;
+        if grads.len() == self.model.params.len() && self.zero.is_none() {
+            grads.fill(0.0);
+            self.model.grads = grads;
+        } else {
+            self.model.grads.fill(0.0);
+        }
+        if let Some(shards) = self.zero {
+            let full = gather_shards(self.comm.as_mut(), shards, &self.model.params[owned])?;
+            self.model.params.copy_from_slice(&full);
+        }
         self.cache = None;
         Ok(norm)
     }
@@ -580,11 +653,18 @@ impl Engine for CpuEngine {
         Ok(())
     }
 
-    fn optimizer_state(&self) -> Result<OptimizerState> {
+    fn optimizer_state(&mut self) -> Result<OptimizerState> {
+        let (exp_avg, exp_avg_sq) = match self.zero {
+            Some(shards) => (
+                gather_shards(self.comm.as_mut(), shards, &self.exp_avg)?,
+                gather_shards(self.comm.as_mut(), shards, &self.exp_avg_sq)?,
+            ),
+            None => (self.exp_avg.clone(), self.exp_avg_sq.clone()),
+        };
         Ok(OptimizerState {
             step: self.step,
-            exp_avg: self.exp_avg.clone(),
-            exp_avg_sq: self.exp_avg_sq.clone(),
+            exp_avg,
+            exp_avg_sq,
         })
     }
 
@@ -596,10 +676,15 @@ impl Engine for CpuEngine {
                 state.exp_avg.len()
             );
         }
+        let owned = self.owned();
         self.step = state.step;
-        self.exp_avg = state.exp_avg;
-        self.exp_avg_sq = state.exp_avg_sq;
+        self.exp_avg = state.exp_avg[owned.clone()].to_vec();
+        self.exp_avg_sq = state.exp_avg_sq[owned].to_vec();
         Ok(())
+    }
+
+    fn collective(&mut self) -> &mut dyn Collective {
+        self.comm.as_mut()
     }
 }
 
