@@ -13,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod engine;
 pub mod evaluate;
+pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod plot;
