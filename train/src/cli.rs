@@ -162,6 +162,22 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// ZeRO stage of a data-parallel run: 0 keeps the whole AdamW state on every rank, 1
+    /// shards the moments (and on the GPU the f32 master weights) across the ranks.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: Option<u8>,
+    /// Where the CUDA engine's ranks meet to share the NCCL id: tcp:HOST:PORT, or file:PATH on
+    /// a filesystem every rank sees (default: TCP at MASTER_ADDR, port MASTER_PORT + 1).
+    #[arg(long)]
+    pub rendezvous: Option<String>,
+    /// Seconds a rank waits for the others at the rendezvous and in a collective before it
+    /// gives up with an error.
+    #[arg(long)]
+    pub dist_timeout: Option<u64>,
+    /// On --resume, accept a global batch (ranks × --batch-size × --grad-accum) other than the
+    /// run's: training continues from the same data position with the new batch.
+    #[arg(long)]
+    pub allow_batch_change: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -68,8 +68,20 @@ impl<'a> TrainStream<'a> {
 
     /// Fills `out` with `batch` rows of `seq_len` tokens.
     pub fn next_batch(&mut self, batch: usize, out: &mut Vec<u32>) -> Result<()> {
+        self.next_slice(batch, 0..batch, out)
+    }
+
+    /// Takes the next `global` blocks of the stream and fills `out` with rows `rows` of them:
+    /// a rank's slice of a global micro-batch, so that every rank advances the same position
+    /// and the ranks together read exactly what one process reading `global` rows would.
+    pub fn next_slice(
+        &mut self,
+        global: usize,
+        rows: std::ops::Range<usize>,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         out.clear();
-        for _ in 0..batch {
+        for row in 0..global {
             if self.position.cursor == self.blocks {
                 self.position = DataPosition {
                     epoch: self.position.epoch + 1,
@@ -77,17 +89,19 @@ impl<'a> TrainStream<'a> {
                 };
                 self.order = epoch_order(self.blocks, self.seed, self.position.epoch);
             }
-            let block = self.order[self.position.cursor as usize];
-            let tokens = self
-                .dataset
-                .block("train", block)
-                .ok_or_else(|| anyhow::anyhow!("train block {block} is missing"))?;
-            for i in 0..self.seq_len {
-                out.push(
-                    tokens
-                        .get(i)
-                        .ok_or_else(|| anyhow::anyhow!("block shorter than seq_len"))?,
-                );
+            if rows.contains(&row) {
+                let block = self.order[self.position.cursor as usize];
+                let tokens = self
+                    .dataset
+                    .block("train", block)
+                    .ok_or_else(|| anyhow::anyhow!("train block {block} is missing"))?;
+                for i in 0..self.seq_len {
+                    out.push(
+                        tokens
+                            .get(i)
+                            .ok_or_else(|| anyhow::anyhow!("block shorter than seq_len"))?,
+                    );
+                }
             }
             self.position.cursor += 1;
         }

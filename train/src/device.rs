@@ -14,6 +14,7 @@ use ingot_kernels::launch::Bf16;
 use ingot_kernels::probe;
 use serde::{Deserialize, Serialize};
 
+use crate::collective::{host_backend, DataParallel};
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cuda::CudaEngine;
 pub use crate::engine::AttentionKernels;
@@ -136,19 +137,24 @@ impl Device {
 /// Builds the engine for `device` and `dtype`: `asked` is the dtype the user gave (so that
 /// `--device cpu --dtype bf16` is refused and `auto` says it computes in f32), `attention` the
 /// CUDA engine's attention kernels (only `auto` off the GPU). Returns it with a notice to
-/// print, if any.
+/// print, if any. `dp` says which ranks the engine trains with
+/// ([`DataParallel::default`]: one process).
 pub fn create(
     device: Device,
     asked: DType,
     attention: AttentionKernels,
     config: ModelConfig,
     params: Vec<f32>,
+    dp: &DataParallel,
 ) -> Result<(Box<dyn Engine>, Option<String>)> {
     if !device.is_cuda() && attention != AttentionKernels::Auto {
         bail!("--attention {attention}: only the CUDA engine has a choice of attention kernels; leave it out, or use --device cuda");
     }
     match device {
         Device::Cuda(ordinal) => {
+            if let Some(l) = &dp.launch {
+                bail!("{} started rank {} of {}: the CUDA engine's NCCL backend is not built yet; run one process", l.launcher, l.rank, l.world);
+            }
             let gpu = match probe::cuda_device(ordinal) {
                 Err(e) => bail!("--device {device}: {e}"),
                 Ok(gpu) => gpu,
@@ -177,7 +183,7 @@ pub fn create(
             if asked != DType::F32 {
                 bail!("--dtype {asked}: the CPU engine computes in f32 only; use --dtype f32 or --device cuda");
             }
-            Ok((Box::new(CpuEngine::new(config, params)?), None))
+            Ok((cpu_engine(config, params, dp)?, None))
         }
         Device::Auto => {
             let why = match probe::cuda_device(0) {
@@ -192,11 +198,17 @@ pub fn create(
                 DType::Bf16 => "; in f32, as --dtype bf16 needs --device cuda",
             };
             Ok((
-                Box::new(CpuEngine::new(config, params)?),
+                cpu_engine(config, params, dp)?,
                 Some(format!("notice: running on the CPU ({why}){ignored}")),
             ))
         }
     }
+}
+
+/// The CPU engine as one rank of `dp` (MPI between processes).
+fn cpu_engine(config: ModelConfig, params: Vec<f32>, dp: &DataParallel) -> Result<Box<dyn Engine>> {
+    let engine = CpuEngine::new(config, params)?;
+    Ok(Box::new(engine.with_collective(host_backend(dp)?, dp.zero)))
 }
 
 #[cfg(test)]
@@ -266,17 +278,20 @@ mod tests {
         let c = ModelConfig::preset("tiny", 259).unwrap();
         let p = init_params(&c, &Layout::new(&c), 0);
         let auto = AttentionKernels::Auto;
+        let one = DataParallel::default();
         let (engine, notice) =
-            create(Device::Auto, DType::Bf16, auto, c.clone(), p.clone()).unwrap();
+            create(Device::Auto, DType::Bf16, auto, c.clone(), p.clone(), &one).unwrap();
         assert!(engine.name().starts_with("cpu"), "{}", engine.name());
         let notice = notice.unwrap();
         assert!(notice.contains("in f32"), "{notice}");
-        let e = create(Device::Cpu, DType::Bf16, auto, c.clone(), p.clone())
+        let e = create(Device::Cpu, DType::Bf16, auto, c.clone(), p.clone(), &one)
             .err()
             .unwrap();
         assert!(format!("{e:#}").contains("f32 only"));
         let mma = AttentionKernels::Mma;
-        let e = create(Device::Cpu, DType::F32, mma, c, p).err().unwrap();
+        let e = create(Device::Cpu, DType::F32, mma, c, p, &one)
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("--attention mma: only the CUDA engine"));
     }
 }

@@ -60,8 +60,14 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
         );
     }
     let e = &args.engine;
-    let (mut engine, notice) =
-        crate::device::create(e.device, e.dtype(), e.attention, model.config, model.params)?;
+    let (mut engine, notice) = crate::device::create(
+        e.device,
+        e.dtype(),
+        e.attention,
+        model.config,
+        model.params,
+        &crate::collective::DataParallel::default(),
+    )?;
     if let Some(n) = notice {
         eprintln!("{n}");
     }

@@ -7,9 +7,13 @@ use ingot_train::threads;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            ingot_train::collective::finish();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
+            ingot_train::collective::abort(1);
             ExitCode::FAILURE
         }
     }
@@ -19,6 +23,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         None => {
             let s = ingot_train::run::run(&cli.train)?;
+            if !s.leader {
+                return Ok(());
+            }
             let val = match (s.val_loss, s.val_ppl) {
                 (Some(l), Some(p)) => format!(", val loss {l:.4} (perplexity {p:.2})"),
                 _ => String::new(),

@@ -219,8 +219,14 @@ pub fn run(args: &SampleArgs) -> Result<SampleOutput> {
         bail!("the prompt encodes to id {bad}, outside the model's vocabulary of {vocab}");
     }
     let e = &args.engine;
-    let (mut engine, notice) =
-        crate::device::create(e.device, e.dtype(), e.attention, model.config, model.params)?;
+    let (mut engine, notice) = crate::device::create(
+        e.device,
+        e.dtype(),
+        e.attention,
+        model.config,
+        model.params,
+        &crate::collective::DataParallel::default(),
+    )?;
     if let Some(n) = notice {
         eprintln!("{n}");
     }

@@ -18,8 +18,84 @@
 pub mod mpi;
 
 use std::ops::Range;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
+
+use crate::launch::{Launch, Launcher};
+
+/// How this process takes part in a data-parallel run: resolved once from the launcher's
+/// environment and the options, then handed to the engine factory.
+#[derive(Debug, Clone, Default)]
+pub struct DataParallel {
+    /// `None`: one process, as without a launcher.
+    pub launch: Option<Launch>,
+    /// ZeRO-1 (`--zero 1`).
+    pub zero: bool,
+    /// `--rendezvous` as given (the CUDA engine's NCCL id exchange).
+    pub rendezvous: Option<String>,
+    /// How long a rank waits for the others (`--dist-timeout`).
+    pub timeout: Duration,
+}
+
+/// Default of `--dist-timeout`: long enough for every rank of a big job to load its data and
+/// build its engine, short enough that a lost rank ends the run in minutes, not never.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl DataParallel {
+    pub fn world(&self) -> usize {
+        self.launch.as_ref().map_or(1, |l| l.world)
+    }
+    pub fn rank(&self) -> usize {
+        self.launch.as_ref().map_or(0, |l| l.rank)
+    }
+}
+
+/// The collective of the CPU engine: [`Solo`] for one process, MPI for ranks that an MPI
+/// launcher (mpirun, mpiexec, or srun with an MPI plugin) started.
+pub fn host_backend(dp: &DataParallel) -> Result<Box<dyn Collective>> {
+    let Some(launch) = &dp.launch else {
+        return Ok(Box::new(Solo));
+    };
+    if launch.launcher == Launcher::Torchrun {
+        bail!(
+            "torchrun started this rank ({} of {}), but the CPU engine's ranks talk through MPI: start them with mpirun -np {} train … (torchrun's ranks run with --device cuda)",
+            launch.rank,
+            launch.world,
+            launch.world
+        );
+    }
+    mpi_backend(launch)
+}
+
+#[cfg(feature = "mpi")]
+fn mpi_backend(launch: &Launch) -> Result<Box<dyn Collective>> {
+    Ok(Box::new(mpi::init(launch.rank, launch.world)?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn mpi_backend(launch: &Launch) -> Result<Box<dyn Collective>> {
+    bail!(
+        "{} started this rank ({} of {}), but this train was built without MPI; rebuild it with `cargo build --release -p ingot-train --features mpi` (needs libopenmpi-dev or MPICH, and libclang-dev)",
+        launch.launcher,
+        launch.rank,
+        launch.world
+    )
+}
+
+/// After a run that ended well on every rank: lets the collective libraries shut down.
+pub fn finish() {
+    #[cfg(feature = "mpi")]
+    mpi::finish();
+}
+
+/// After an error on this rank (already printed): ends the other ranks of an MPI job at once
+/// rather than leaving them blocked in a collective. Does nothing without MPI.
+pub fn abort(code: i32) {
+    #[cfg(feature = "mpi")]
+    mpi::abort(code);
+    let _ = code;
+}
 
 pub trait Collective {
     /// This process's rank, `0..world()`.

@@ -104,9 +104,7 @@ impl Collective for Mpi {
         if root >= self.size {
             bail!("broadcast from rank {root} in a world of {}", self.size);
         }
-        self.world
-            .process_at_rank(root as i32)
-            .broadcast_into(buf);
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
         Ok(())
     }
 

@@ -46,6 +46,24 @@ pub struct RunConfig {
     #[serde(default)]
     pub attention_kernels: Option<AttentionKernels>,
     pub init_from: Option<PathBuf>,
+    /// Ranks of the data-parallel run (1 for one process); `batch_size` and `grad_accum` are
+    /// each rank's, so the global batch is `world × batch_size × grad_accum` blocks.
+    #[serde(default = "one")]
+    pub world: usize,
+    /// ZeRO-1: the optimizer state sharded across the ranks.
+    #[serde(default)]
+    pub zero: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl RunConfig {
+    /// Blocks per optimizer step, over every rank.
+    pub fn global_batch(&self) -> usize {
+        self.world * self.batch_size * self.grad_accum
+    }
 }
 
 /// What the dataset tells the resolution.
@@ -76,17 +94,30 @@ pub fn resolve(
     data: &DatasetFacts,
     init: Option<&ModelConfig>,
 ) -> Result<Resolved> {
+    resolve_ranks(args, data, init, 1)
+}
+
+/// [`resolve`] for one of `world` ranks of a data-parallel run: `--batch-size` and
+/// `--grad-accum` are each rank's, and the run's length counts global batches.
+pub fn resolve_ranks(
+    args: &TrainArgs,
+    data: &DatasetFacts,
+    init: Option<&ModelConfig>,
+    world: usize,
+) -> Result<Resolved> {
     let mut notices = Vec::new();
     let model = model_shape(args, data, init)?;
     let (seq_len, model) = sequence(args, data.block_size, model, init.is_some())?;
-    let (batch_size, grad_accum) = batching(args, seq_len, data.train_blocks)?;
+    let (batch_size, grad_accum) = batching(args, seq_len, data.train_blocks, world)?;
+    let global = (world * batch_size * grad_accum) as u64;
+    if world > 1 && global > data.train_blocks {
+        bail!(
+            "one optimizer step of {world} ranks needs {global} blocks ({world} × --batch-size {batch_size} × --grad-accum {grad_accum}) but the train split has {}; lower --batch-size or --grad-accum",
+            data.train_blocks
+        );
+    }
     let evaluate = evaluation(args, data.val_blocks, &mut notices)?;
-    let steps = run_length(
-        args,
-        data.train_blocks,
-        (batch_size * grad_accum) as u64,
-        seq_len,
-    )?;
+    let steps = run_length(args, data.train_blocks, global, seq_len)?;
     let lr = args.lr.unwrap_or(1e-3);
     check_hyperparameters(args, lr)?;
     let schedule = Schedule {
@@ -132,6 +163,8 @@ pub fn resolve(
         attention: args.attention.unwrap_or_default(),
         attention_kernels: None,
         init_from: args.init_from.clone(),
+        world,
+        zero: args.zero == Some(1),
     };
     Ok(Resolved { config, notices })
 }
@@ -214,7 +247,13 @@ fn sequence(
 }
 
 /// Micro-batch size and accumulation steps, both fitting the train split.
-fn batching(args: &TrainArgs, seq_len: usize, train_blocks: u64) -> Result<(usize, usize)> {
+/// `--batch-tokens` counts the global batch, over `world` ranks.
+fn batching(
+    args: &TrainArgs,
+    seq_len: usize,
+    train_blocks: u64,
+    world: usize,
+) -> Result<(usize, usize)> {
     let batch_size = args.batch_size.unwrap_or(8);
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -224,9 +263,14 @@ fn batching(args: &TrainArgs, seq_len: usize, train_blocks: u64) -> Result<(usiz
     }
     let grad_accum = match args.batch_tokens {
         Some(t) => {
-            let per_micro = batch_size * seq_len; // both bounded by the dataset above
+            let per_micro = world * batch_size * seq_len; // bounded by the dataset above
             if t < per_micro || t % per_micro != 0 {
-                bail!("--batch-tokens {t} must be a multiple of --batch-size × --seq-len = {per_micro}");
+                let ranks = if world > 1 {
+                    format!("{world} ranks × ")
+                } else {
+                    String::new()
+                };
+                bail!("--batch-tokens {t} must be a multiple of {ranks}--batch-size × --seq-len = {per_micro}");
             }
             t / per_micro
         }

@@ -9,6 +9,7 @@ pub mod resume;
 pub mod trainer;
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ingot_formats::checksum::sha256_hex;
@@ -17,6 +18,7 @@ use ingot_tokenizer::Tokenizer;
 
 use crate::checkpoint::{hf, TrainerState};
 use crate::cli::TrainArgs;
+use crate::collective::DataParallel;
 use crate::data::DataPosition;
 use crate::model::{init::init_params, Layout};
 pub use config::RunConfig;
@@ -27,6 +29,30 @@ pub use trainer::Summary;
 /// place it is).
 pub fn run(args: &TrainArgs) -> Result<Summary> {
     let args = args.merged_with_file()?;
+    let dp = data_parallel(&args)?;
+    match dp.world() {
+        1 => run_rank(&args, &dp),
+        world => run_rank(&args, &dp).with_context(|| format!("rank {} of {world}", dp.rank())),
+    }
+}
+
+/// The launcher's description of this process and the data-parallel options, resolved once.
+fn data_parallel(args: &TrainArgs) -> Result<DataParallel> {
+    let launch = crate::launch::from_process_env()?;
+    if launch.is_none() && args.zero == Some(1) {
+        eprintln!("notice: --zero 1 with one process: nothing to shard");
+    }
+    Ok(DataParallel {
+        launch,
+        zero: args.zero == Some(1),
+        rendezvous: args.rendezvous.clone(),
+        timeout: args
+            .dist_timeout
+            .map_or(crate::collective::DEFAULT_TIMEOUT, Duration::from_secs),
+    })
+}
+
+fn run_rank(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
     crate::threads::configure(args.threads)?;
     let shards = args
         .shards
@@ -50,13 +76,18 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
         Some(dir) => Some(hf::read_config(dir)?.0),
         None => None,
     };
-    let Resolved { config, notices } =
-        config::resolve(&args, &facts(&shards, &index)?, init_shape.as_ref())?;
-    let start = match resume::checkpoint_to_resume(&args, &config.out)? {
-        Some(dir) => resume::load(&dir, &args, config, &index_sha, &index.tokenizer.sha256)?,
-        None => fresh(config, &args, index_sha)?,
+    let Resolved { config, notices } = config::resolve_ranks(
+        args,
+        &facts(&shards, &index)?,
+        init_shape.as_ref(),
+        dp.world(),
+    )?;
+    let start = match resume::checkpoint_to_resume(args, &config.out)? {
+        Some(dir) => resume::load(&dir, args, config, &index_sha, &index.tokenizer.sha256)?,
+        None => fresh(config, args, index_sha)?,
     };
-    for n in &notices {
+    let leader = dp.rank() == 0;
+    for n in notices.iter().filter(|_| leader) {
         eprintln!("{n}");
     }
     let mut config = start.config;
@@ -69,16 +100,29 @@ pub fn run(args: &TrainArgs) -> Result<Summary> {
     // it computes in f32; config.dtype records the one used.
     let asked = args.dtype.unwrap_or(config.dtype);
     let (mut engine, notice) =
-        crate::device::create(config.device, asked, config.attention, model, params)?;
+        crate::device::create(config.device, asked, config.attention, model, params, dp)?;
     config.attention_kernels = engine.attention_kernels();
     if let Some(opt) = start.optimizer {
         engine.set_optimizer_state(opt)?;
     }
     engine.prepare(config.batch_size, config.seq_len)?;
-    if let Some(n) = notice {
+    if let Some(n) = notice.filter(|_| leader) {
         eprintln!("{n}");
     }
-    write_config(&config)?;
+    if dp.launch.is_some() && leader {
+        eprintln!(
+            "notice: data-parallel over {} ranks ({}), global batch {} blocks{}",
+            config.world,
+            engine.collective().name(),
+            config.global_batch(),
+            if config.zero { ", ZeRO-1" } else { "" }
+        );
+    }
+    // Every rank has checked the run directory before rank 0 writes into it.
+    engine.collective().barrier()?;
+    if leader {
+        write_config(&config)?;
+    }
     let tok_files = hf::TokenizerFiles {
         tokenizer_json: &tokenizer_json,
         bos: special(&tokenizer, index.bos_id),

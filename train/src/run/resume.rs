@@ -71,6 +71,7 @@ pub fn load(
     };
     resumed.attention_kernels = None;
     resumed.seed = state.seed;
+    batch_on_resume(args, &config, &saved, &mut resumed)?;
     // The run may be lengthened (or shortened) deliberately.
     if args.steps.is_some() || args.epochs.is_some() || args.tokens.is_some() {
         resumed.steps = config.steps;
@@ -108,6 +109,49 @@ pub fn load(
         params: Some(params),
         optimizer: Some(opt),
     })
+}
+
+/// The world size is today's; so is the micro-batch where it was given, or wherever the
+/// world size changed. The global batch (ranks × micro-batch × accumulation) must stay the
+/// run's, so that the data position and the schedule mean the same, unless
+/// `--allow-batch-change` accepts the new one.
+fn batch_on_resume(
+    args: &TrainArgs,
+    today: &RunConfig,
+    saved: &RunConfig,
+    resumed: &mut RunConfig,
+) -> Result<()> {
+    resumed.world = today.world;
+    if args.zero.is_some() {
+        resumed.zero = today.zero;
+    }
+    if today.world != saved.world || args.allow_batch_change {
+        if args.batch_size.is_some() {
+            resumed.batch_size = today.batch_size;
+        }
+        if args.grad_accum.is_some() || args.batch_tokens.is_some() {
+            resumed.grad_accum = today.grad_accum;
+        }
+    }
+    let (was, now) = (saved.global_batch(), resumed.global_batch());
+    if was == now || args.allow_batch_change {
+        return Ok(());
+    }
+    let per_rank = resumed.world * resumed.grad_accum;
+    let hint = if was % per_rank == 0 {
+        format!("--batch-size {}", was / per_rank)
+    } else {
+        "a --batch-size and --grad-accum that give it".to_string()
+    };
+    bail!(
+        "--resume: the run's global batch is {was} blocks ({} ranks × --batch-size {} × --grad-accum {}) but this one would be {now} ({} × {} × {}); keep it with {hint}, or pass --allow-batch-change to continue from the same data position with the new batch",
+        saved.world,
+        saved.batch_size,
+        saved.grad_accum,
+        resumed.world,
+        resumed.batch_size,
+        resumed.grad_accum
+    )
 }
 
 fn read_saved_config(run_dir: &Path) -> Result<RunConfig> {

@@ -48,6 +48,8 @@ pub struct Summary {
     pub tokens_per_second: f64,
     pub checkpoint: Option<PathBuf>,
     pub run_dir: PathBuf,
+    /// Whether this process is rank 0 (the one that reports).
+    pub leader: bool,
 }
 
 pub struct Trainer<'a> {
@@ -76,19 +78,29 @@ impl Trainer<'_> {
         self.config.out.join("checkpoints")
     }
 
+    /// Tokens per optimizer step, over every rank.
     fn step_tokens(&self) -> u64 {
         let c = self.config;
-        (c.batch_size * c.seq_len * c.grad_accum) as u64
+        (c.global_batch() * c.seq_len) as u64
+    }
+
+    /// Only rank 0 writes metrics, plots and checkpoints and draws the progress bar.
+    fn leader(&mut self) -> bool {
+        self.engine.collective().rank() == 0
     }
 
     pub fn run(mut self) -> Result<Summary> {
         let stop = stop_flag();
         stop.store(false, Ordering::SeqCst);
         let c = self.config;
-        let mut metrics = Metrics::open(&c.out, self.state.step)?;
+        let leader = self.leader();
+        let mut metrics = match leader {
+            true => Some(Metrics::open(&c.out, self.state.step)?),
+            false => None,
+        };
         let mut stream = TrainStream::new(self.dataset, c.seq_len, c.seed, self.state.data)?;
         let mut p = Progress {
-            bar: progress_bar(c.steps, self.quiet),
+            bar: progress_bar(c.steps, self.quiet || !leader),
             started: Instant::now(),
             first_step: self.state.step,
             last_loss: f64::NAN,
@@ -99,11 +111,13 @@ impl Trainer<'_> {
         let mut stopped_early = false;
         let mut tokens = Vec::new();
         while self.state.step < c.steps {
-            let (loss, lr) = self.optimizer_step(&mut stream, &mut tokens, &p.bar)?;
+            let (loss, lr, stop_asked) = self.optimizer_step(&mut stream, &mut tokens, &p.bar)?;
             p.last_loss = loss;
-            self.log_step(&mut metrics, &p, loss, lr.0, lr.1)?;
+            if let Some(m) = metrics.as_mut() {
+                self.log_step(m, &p, loss, lr.0, lr.1)?;
+            }
             let last = self.state.step == c.steps;
-            let interrupted = stop.load(Ordering::SeqCst)
+            let interrupted = stop_asked
                 || self
                     .stop_after
                     .is_some_and(|n| self.state.step - p.first_step >= n);
@@ -114,10 +128,10 @@ impl Trainer<'_> {
             // Every checkpoint carries a validation loss, so `best` can be chosen among all.
             let eval_due = c.eval_every > 0 && self.state.step.is_multiple_of(c.eval_every);
             if c.evaluate && (last || eval_due || saving) {
-                p.last_val = Some(self.evaluate_now(&mut metrics, &p.bar)?);
+                p.last_val = Some(self.evaluate_now(metrics.as_mut(), &p.bar)?);
             }
             if saving {
-                p.last_saved = Some(self.save(&p.bar)?);
+                p.last_saved = self.save(&p.bar)?;
             }
             if interrupted && !last {
                 stopped_early = true;
@@ -125,7 +139,9 @@ impl Trainer<'_> {
             }
         }
         p.bar.finish_and_clear();
-        plot(c, &metrics, None);
+        if let Some(m) = &metrics {
+            plot(c, m, None);
+        }
         let elapsed = p.started.elapsed().as_secs_f64().max(1e-9);
         Ok(Summary {
             steps: self.state.step,
@@ -138,23 +154,27 @@ impl Trainer<'_> {
                 / elapsed,
             checkpoint: p.last_saved,
             run_dir: c.out.clone(),
+            leader,
         })
     }
 
-    /// One optimizer step over `grad_accum` micro-batches; the mean loss, the learning rate
-    /// and the gradient norm before clipping.
+    /// One optimizer step over `grad_accum` micro-batches of this rank; the mean loss over
+    /// every rank, the learning rate, the gradient norm before clipping, and whether any rank
+    /// was asked to stop (Ctrl+C/SIGTERM), so that all stop after the same step.
     fn optimizer_step(
         &mut self,
         stream: &mut TrainStream,
         tokens: &mut Vec<u32>,
         bar: &ProgressBar,
-    ) -> Result<(f64, (f64, f32))> {
+    ) -> Result<(f64, (f64, f32), bool)> {
         let c = self.config;
         let step = self.state.step;
         let lr = c.schedule.lr_at(step);
+        let (rank, world) = (self.engine.collective().rank(), c.world);
+        let rows = rank * c.batch_size..(rank + 1) * c.batch_size;
         let mut loss = 0.0f64;
         for _ in 0..c.grad_accum {
-            stream.next_batch(c.batch_size, tokens)?;
+            stream.next_slice(world * c.batch_size, rows.clone(), tokens)?;
             let b = Batch {
                 tokens,
                 batch: c.batch_size,
@@ -163,7 +183,12 @@ impl Trainer<'_> {
             let scale = 1.0 / c.grad_accum as f32;
             loss += f64::from(self.engine.forward_backward(&b, scale)?);
         }
-        loss /= c.grad_accum as f64;
+        // Every rank's micro-batches hold as many predictions, so the global mean is the mean
+        // of the ranks' means.
+        let stop = stop_flag().load(Ordering::SeqCst);
+        let mut agreed = [loss / c.grad_accum as f64, f64::from(u8::from(stop))];
+        self.engine.collective().all_reduce_sum_f64(&mut agreed)?;
+        let loss = agreed[0] / world as f64;
         if !loss.is_finite() {
             bar.finish_and_clear();
             let kept = checkpoint::list(&self.checkpoints())
@@ -180,7 +205,7 @@ impl Trainer<'_> {
         self.state.step += 1;
         self.state.tokens_seen = self.state.tokens_seen.saturating_add(self.step_tokens());
         self.state.data = stream.position;
-        Ok((loss, (lr, norm)))
+        Ok((loss, (lr, norm), agreed[1] > 0.0))
     }
 
     fn log_step(
@@ -207,12 +232,19 @@ impl Trainer<'_> {
         Ok(())
     }
 
-    /// Mean loss over the first `eval_batches` batches of the val split, read as it goes.
-    fn evaluate_now(&mut self, metrics: &mut Metrics, bar: &ProgressBar) -> Result<f64> {
+    /// Mean loss over the first `eval_batches` global batches of the val split (as many blocks
+    /// as one process with a `world`-times larger batch reads), read as it goes: the ranks
+    /// share the batches out (rank r takes every world-th from the r-th) and add their sums.
+    fn evaluate_now(&mut self, metrics: Option<&mut Metrics>, bar: &ProgressBar) -> Result<f64> {
         let c = self.config;
+        let (rank, world) = (self.engine.collective().rank(), c.world);
         let batches = SplitBatches::new(self.dataset, "val", c.seq_len, c.batch_size)?;
         let (mut sum, mut count) = (0.0, 0usize);
-        for batch in batches.take(c.eval_batches) {
+        let mine = batches
+            .take(c.eval_batches * world)
+            .enumerate()
+            .filter(|(i, _)| i % world == rank);
+        for (_, batch) in mine {
             let (rows, tokens) = batch?;
             let b = Batch {
                 tokens: &tokens,
@@ -222,18 +254,24 @@ impl Trainer<'_> {
             sum += f64::from(self.engine.loss(&b)?) * b.predictions() as f64;
             count += b.predictions();
         }
-        let vl = sum / count.max(1) as f64;
+        let mut sums = [sum, count as f64];
+        self.engine.collective().all_reduce_sum_f64(&mut sums)?;
+        let vl = sums[0] / sums[1].max(1.0);
         self.state.val_loss = Some(vl);
         self.state.best_val_loss = Some(self.state.best_val_loss.map_or(vl, |b| b.min(vl)));
-        metrics.log(
-            &json!({"kind": "eval", "step": self.state.step, "val_loss": vl, "val_ppl": vl.exp()}),
-        )?;
-        plot(c, metrics, Some(bar));
+        if let Some(metrics) = metrics {
+            metrics.log(
+                &json!({"kind": "eval", "step": self.state.step, "val_loss": vl, "val_ppl": vl.exp()}),
+            )?;
+            plot(c, metrics, Some(bar));
+        }
         Ok(vl)
     }
 
-    /// Saves a checkpoint (refusing non-finite weights) and prunes the old ones.
-    fn save(&mut self, bar: &ProgressBar) -> Result<PathBuf> {
+    /// Saves a checkpoint (refusing non-finite weights) and prunes the old ones: rank 0
+    /// writes, every rank takes part in gathering the state and waits until it is written.
+    /// The path, on rank 0.
+    fn save(&mut self, bar: &ProgressBar) -> Result<Option<PathBuf>> {
         let params = self.engine.params()?;
         if let Some(bad) = params.iter().position(|p| !p.is_finite()) {
             bar.finish_and_clear();
@@ -243,6 +281,10 @@ impl Trainer<'_> {
             );
         }
         let opt = self.engine.optimizer_state()?;
+        if !self.leader() {
+            self.engine.collective().barrier()?;
+            return Ok(None);
+        }
         let checkpoints = self.checkpoints();
         let path = checkpoint::save(
             &checkpoints,
@@ -255,7 +297,8 @@ impl Trainer<'_> {
             },
         )?;
         checkpoint::prune(&checkpoints, self.config.keep_last)?;
-        Ok(path)
+        self.engine.collective().barrier()?;
+        Ok(Some(path))
     }
 }
 

@@ -11,8 +11,8 @@ pub mod ops;
 use anyhow::{bail, Result};
 
 use super::optim::{adamw_step, decay_mask, global_norm, sum_squares, AdamW};
-use crate::collective::{gather_shards, Collective, Shards, Solo};
 use super::{Batch, Engine, OptimizerState};
+use crate::collective::{gather_shards, Collective, Shards, Solo};
 use crate::model::{Layout, ModelConfig};
 use ops::*;
 
