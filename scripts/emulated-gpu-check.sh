@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path under the stand-in CUDA device (emulator/), on a machine without a GPU:
 #
-#   1. builds the stand-ins (libcuda.so.1, libnvrtc.so.13, libcublasLt.so.13 from
-#      emulator/{cuda,nvrtc,cublaslt}), the test executables and the binaries;
+#   1. builds the stand-ins (libcuda.so.1, libnvrtc.so.13, libcublasLt.so.13, libnccl.so.2
+#      from emulator/{cuda,nvrtc,cublaslt,nccl}), the test executables and the binaries;
 #   2. puts the stand-ins first on LD_LIBRARY_PATH (and unsets INGOT_NVRTC_LIB, which would
 #      load a real NVRTC), with INGOT_REQUIRE_GPU=1 and INGOT_REQUIRE_NVRTC=1 so that nothing
 #      skips, and a kernel cache of its own under target/emulator/cache;
@@ -27,9 +27,9 @@ rm -rf "$logs"
 mkdir -p "$emu/lib" "$logs"
 
 echo "== building the stand-ins, the tests and the binaries"
-if ! cargo build -q -p ingot-emu-cuda -p ingot-emu-nvrtc -p ingot-emu-cublaslt \
+if ! cargo build -q -p ingot-emu-cuda -p ingot-emu-nvrtc -p ingot-emu-cublaslt -p ingot-emu-nccl \
     || ! cargo build -q -p ingot-prep -p ingot-train -p ingot --bins \
-    || ! cargo test -q --no-run -p ingot-train -p ingot-kernels -p ingot-emu-cuda 2>"$logs/build.log"; then
+    || ! cargo test -q --no-run -p ingot-train -p ingot-kernels -p ingot-emu-cuda -p ingot-emu-nccl 2>"$logs/build.log"; then
     cat "$logs/build.log" 2>/dev/null
     echo "build failed" >&2
     exit 1
@@ -42,6 +42,7 @@ install_lib() { # crate soname link
 install_lib cuda libcuda.so.1 libcuda.so
 install_lib nvrtc libnvrtc.so.13 libnvrtc.so
 install_lib cublaslt libcublasLt.so.13 libcublasLt.so
+install_lib nccl libnccl.so.2 libnccl.so
 
 export LD_LIBRARY_PATH="$emu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 unset INGOT_NVRTC_LIB
@@ -68,7 +69,7 @@ run() { # name command...
     seconds+=($((SECONDS - t0)))
 }
 
-run emulator-self-tests cargo test -q -p ingot-emu-cuda -p ingot-emu-nvrtc -p ingot-emu-cublaslt
+run emulator-self-tests cargo test -q -p ingot-emu-cuda -p ingot-emu-nvrtc -p ingot-emu-cublaslt -p ingot-emu-nccl
 run kernels-compile cargo test -q -p ingot-kernels --test compile
 run gpu_kernels cargo test -q -p ingot-train --test gpu_kernels -- "$@"
 run gpu_matmul cargo test -q -p ingot-train --test gpu_matmul -- "$@"
