@@ -26,7 +26,21 @@ fn library() -> PathBuf {
 #[test]
 fn the_shared_object_works_through_the_c_abi() {
     let path = library();
-    assert!(path.exists(), "{} was not built", path.display());
+    // `cargo test` builds the crate as an rlib only; the shared object exists once
+    // `cargo build -p ingot-emu-nccl` has run, as scripts/emulated-gpu-check.sh does first
+    // (with INGOT_REQUIRE_GPU=1, which makes a missing one a failure there).
+    if !path.exists() {
+        let why = format!(
+            "{} was not built (cargo build -p ingot-emu-nccl)",
+            path.display()
+        );
+        assert!(
+            std::env::var("INGOT_REQUIRE_GPU").as_deref() != Ok("1"),
+            "{why}"
+        );
+        eprintln!("SKIPPED the_shared_object_works_through_the_c_abi: {why}");
+        return;
+    }
     unsafe {
         let lib = libloading::Library::new(&path).unwrap();
         let version: libloading::Symbol<unsafe extern "C" fn(*mut c_int) -> u32> =
