@@ -595,8 +595,12 @@ impl Engine for CpuEngine {
     }
 
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
-        let (grads, norm) = self.averaged_grads()?;
+        let (mut grads, norm) = self.averaged_grads()?;
         if !norm.is_finite() {
+            if self.zero.is_none() {
+                grads.fill(0.0);
+                self.model.grads = grads;
+            }
             self.model.grads.fill(0.0);
             bail!("the gradient norm is {norm}; the step was not applied (try a lower --lr or a --grad-clip)");
         }
@@ -620,7 +624,6 @@ impl Engine for CpuEngine {
         );
         // Without ZeRO the averaged gradients were taken out of the model: its buffer is
         // given back (zeroed) instead of reallocated.
-        let mut grads = grads;
         if grads.len() == self.model.params.len() && self.zero.is_none() {
             grads.fill(0.0);
             self.model.grads = grads;
@@ -720,6 +723,34 @@ mod tests {
         (0..n)
             .map(|_| (rng.next_u64() % vocab as u64) as u32)
             .collect()
+    }
+
+    /// A refused step (non-finite gradients) leaves the engine usable: its gradient buffer is
+    /// back, zeroed, whatever the averaging took out of it.
+    #[test]
+    fn a_refused_step_leaves_the_gradient_buffer_in_place() {
+        let c = small_config();
+        let good = init_params(&c, &Layout::new(&c), 3);
+        let mut bad = good.clone();
+        bad[0] = f32::NAN;
+        let mut e = CpuEngine::new(c.clone(), bad).unwrap();
+        let t = tokens(2 * 8, c.vocab_size, 5);
+        let b = Batch {
+            tokens: &t,
+            batch: 2,
+            seq: 8,
+        };
+        e.forward_backward(&b, 1.0).unwrap();
+        let err = e.step(&AdamW::default(), 1e-3, Some(1.0)).unwrap_err();
+        assert!(err.to_string().contains("gradient norm"), "{err}");
+        assert_eq!(e.grads().len(), good.len());
+        assert!(e.grads().iter().all(|&g| g == 0.0));
+        e.set_params(&good).unwrap();
+        e.forward_backward(&b, 1.0).unwrap();
+        assert!(e
+            .step(&AdamW::default(), 1e-3, Some(1.0))
+            .unwrap()
+            .is_finite());
     }
 
     /// The whole model's gradient against central finite differences in f64, for a sample of
