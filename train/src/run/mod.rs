@@ -111,8 +111,9 @@ fn run_rank(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
     }
     if dp.launch.is_some() && leader {
         eprintln!(
-            "notice: data-parallel over {} ranks ({}), global batch {} blocks{}",
+            "notice: data-parallel over {} rank{} ({}), global batch {} blocks{}",
             config.world,
+            if config.world == 1 { "" } else { "s" },
             engine.collective().name(),
             config.global_batch(),
             if config.zero { ", ZeRO-1" } else { "" }
