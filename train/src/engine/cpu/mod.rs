@@ -512,35 +512,28 @@ impl CpuEngine {
         }
     }
 
-    /// The gradients of the owned parameters, averaged over the ranks, and their global norm.
-    fn averaged_grads(&mut self) -> Result<(Vec<f32>, f32)> {
-        let world = self.comm.world();
-        let inv = 1.0 / world as f32;
+    /// Averages the gradients over the ranks and returns their global norm: in place in the
+    /// model's buffer, or under ZeRO-1 into the returned shard of the owned parameters.
+    fn average_grads(&mut self) -> Result<(Option<Vec<f32>>, f32)> {
+        let inv = 1.0 / self.comm.world() as f32;
+        let grads = &mut self.model.grads;
         if let Some(shards) = self.zero {
-            let mut send = std::mem::take(&mut self.model.grads);
-            send.resize(shards.padded(), 0.0);
+            grads.resize(shards.padded(), 0.0);
             let mut shard = vec![0.0f32; shards.shard];
-            let reduced = self.comm.reduce_scatter_sum(&send, &mut shard);
-            send.truncate(shards.n);
-            self.model.grads = send;
+            let reduced = self.comm.reduce_scatter_sum(grads, &mut shard);
+            grads.truncate(shards.n);
             reduced?;
-            shard.truncate(self.owned().len());
+            shard.truncate(shards.range(self.comm.rank()).len());
             shard.iter_mut().for_each(|g| *g *= inv);
             let mut sq = [sum_squares(&shard)];
             self.comm.all_reduce_sum_f64(&mut sq)?;
-            return Ok((shard, sq[0].sqrt() as f32));
+            return Ok((Some(shard), sq[0].sqrt() as f32));
         }
-        let mut grads = std::mem::take(&mut self.model.grads);
-        if world > 1 {
-            let reduced = self.comm.all_reduce_sum(&mut grads);
-            if let Err(e) = reduced {
-                self.model.grads = grads;
-                return Err(e);
-            }
+        if self.comm.world() > 1 {
+            self.comm.all_reduce_sum(grads)?;
             grads.iter_mut().for_each(|g| *g *= inv);
         }
-        let norm = global_norm(&grads);
-        Ok((grads, norm))
+        Ok((None, global_norm(grads)))
     }
 
     /// The accumulated gradients (for tests).
@@ -595,12 +588,8 @@ impl Engine for CpuEngine {
     }
 
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
-        let (mut grads, norm) = self.averaged_grads()?;
+        let (shard, norm) = self.average_grads()?;
         if !norm.is_finite() {
-            if self.zero.is_none() {
-                grads.fill(0.0);
-                self.model.grads = grads;
-            }
             self.model.grads.fill(0.0);
             bail!("the gradient norm is {norm}; the step was not applied (try a lower --lr or a --grad-clip)");
         }
@@ -613,7 +602,7 @@ impl Engine for CpuEngine {
         let owned = self.owned();
         adamw_step(
             &mut self.model.params[owned.clone()],
-            &grads[..owned.len()],
+            shard.as_deref().unwrap_or(&self.model.grads),
             &mut self.exp_avg,
             &mut self.exp_avg_sq,
             &self.decay[owned.clone()],
@@ -622,14 +611,7 @@ impl Engine for CpuEngine {
             scale,
             self.step,
         );
-        // Without ZeRO the averaged gradients were taken out of the model: its buffer is
-        // given back (zeroed) instead of reallocated.
-        if grads.len() == self.model.params.len() && self.zero.is_none() {
-            grads.fill(0.0);
-            self.model.grads = grads;
-        } else {
-            self.model.grads.fill(0.0);
-        }
+        self.model.grads.fill(0.0);
         if let Some(shards) = self.zero {
             let full = gather_shards(self.comm.as_mut(), shards, &self.model.params[owned])?;
             self.model.params.copy_from_slice(&full);
