@@ -230,6 +230,39 @@ mod tests {
         }
     }
 
+    fn launch(launcher: Launcher) -> DataParallel {
+        DataParallel {
+            launch: Some(Launch {
+                launcher,
+                rank: 1,
+                world: 2,
+                local_rank: 1,
+                master_addr: None,
+                master_port: None,
+                job_id: None,
+            }),
+            ..DataParallel::default()
+        }
+    }
+
+    #[test]
+    fn the_cpu_engine_refuses_launchers_it_cannot_reduce_with() {
+        assert_eq!(host_backend(&DataParallel::default()).unwrap().world(), 1);
+        let e = host_backend(&launch(Launcher::Torchrun)).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("torchrun started this rank (1 of 2)")
+                && e.to_string().contains("mpirun -np 2"),
+            "{e}"
+        );
+        // Without the feature, an MPI launcher is told how to rebuild; with it, MPI would be
+        // initialised here, which the multi-process tests do instead.
+        if !cfg!(feature = "mpi") {
+            let e = host_backend(&launch(Launcher::OpenMpi)).err().unwrap();
+            assert!(e.to_string().contains("--features mpi"), "{e}");
+        }
+    }
+
     #[test]
     fn solo_is_the_identity_and_checks_lengths() {
         let mut c = Solo;

@@ -421,6 +421,52 @@ mod tests {
         crate::cli::Cli::parse_from(a).train
     }
 
+    /// With several ranks, `--batch-size` is each rank's: the global batch must fit the train
+    /// split, `--batch-tokens` counts the global batch, and the run's length global steps.
+    #[test]
+    fn ranks_multiply_the_batch() {
+        let two = |extra: &[&str]| resolve_ranks(&args(extra), &facts(10), None, 2);
+        let e = two(&["--batch-size", "40", "--grad-accum", "2"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("one optimizer step of 2 ranks needs 160 blocks"),
+            "{e}"
+        );
+        let e = two(&[
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "64",
+            "--batch-tokens",
+            "256",
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("multiple of 2 ranks × --batch-size × --seq-len = 512"),
+            "{e}"
+        );
+        let c = two(&[
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "64",
+            "--batch-tokens",
+            "1024",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(
+            (c.world, c.batch_size, c.grad_accum, c.global_batch()),
+            (2, 4, 2, 16)
+        );
+        // One epoch of 100 blocks at 16 blocks a step.
+        let c = two(&["--batch-size", "4", "--grad-accum", "2", "--epochs", "1"])
+            .unwrap()
+            .config;
+        assert_eq!(c.steps, 7);
+    }
+
     #[test]
     fn defaults_fill_a_run_from_the_dataset_alone() {
         let r = resolve(&args(&[]), &facts(4), None).unwrap();
