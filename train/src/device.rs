@@ -2,9 +2,10 @@
 //! training, `train eval` and `train sample` build their engines with.
 //!
 //! `cuda[:N]` builds the CUDA engine (kernels from `kernels/`, GEMMs through cuBLASLt) with
-//! bf16 or f32 storage. It has not yet been run on a GPU, so it is used only when asked for
-//! by name and says so; `auto` keeps to the CPU engine until the GPU tests have passed on a
-//! real GPU. The CPU engine computes in f32 only.
+//! bf16 or f32 storage; under a launcher every rank takes GPU `LOCAL_RANK`
+//! ([`rank_ordinal`]) and joins the others through NCCL. It has not yet been run on a GPU, so
+//! it is used only when asked for by name and says so; `auto` keeps to the CPU engine until
+//! the GPU tests have passed on a real GPU. The CPU engine computes in f32 only.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,9 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::collective::{host_backend, DataParallel};
 use crate::engine::cpu::CpuEngine;
-use crate::engine::cuda::CudaEngine;
+use crate::engine::cuda::{CudaEngine, Precision};
 pub use crate::engine::AttentionKernels;
 use crate::engine::Engine;
+use crate::launch::Launch;
 use crate::model::ModelConfig;
 
 /// Where a run computes.
@@ -151,21 +153,26 @@ pub fn create(
         bail!("--attention {attention}: only the CUDA engine has a choice of attention kernels; leave it out, or use --device cuda");
     }
     match device {
-        Device::Cuda(ordinal) => {
-            if let Some(l) = &dp.launch {
-                bail!("{} started rank {} of {}: the CUDA engine's NCCL backend is not built yet; run one process", l.launcher, l.rank, l.world);
-            }
+        Device::Cuda(asked_ordinal) => {
+            let ordinal = match &dp.launch {
+                None => asked_ordinal,
+                Some(l) => {
+                    let count = match probe::cuda_device(0) {
+                        Err(e) => bail!("--device {device}: {e}"),
+                        Ok(gpu) => gpu.device_count,
+                    };
+                    rank_ordinal(asked_ordinal, l, count)?
+                }
+            };
             let gpu = match probe::cuda_device(ordinal) {
                 Err(e) => bail!("--device {device}: {e}"),
                 Ok(gpu) => gpu,
             };
             let engine: Box<dyn Engine> = match asked {
-                DType::Bf16 => Box::new(CudaEngine::<Bf16>::with_attention(
-                    ordinal, config, params, attention,
-                )?),
-                DType::F32 => Box::new(CudaEngine::<f32>::with_attention(
-                    ordinal, config, params, attention,
-                )?),
+                DType::Bf16 => {
+                    Box::new(cuda_engine::<Bf16>(ordinal, config, params, attention, dp)?)
+                }
+                DType::F32 => Box::new(cuda_engine::<f32>(ordinal, config, params, attention, dp)?),
             };
             let notice = if gpu.is_emulated() {
                 format!(
@@ -205,6 +212,36 @@ pub fn create(
     }
 }
 
+/// The CUDA engine on GPU `ordinal`: alone, or as one rank of `dp` (NCCL between processes).
+fn cuda_engine<T: Precision>(
+    ordinal: usize,
+    config: ModelConfig,
+    params: Vec<f32>,
+    attention: AttentionKernels,
+    dp: &DataParallel,
+) -> Result<CudaEngine<T>> {
+    match &dp.launch {
+        None => CudaEngine::with_attention(ordinal, config, params, attention),
+        Some(l) => CudaEngine::data_parallel(ordinal, config, params, attention, l, dp),
+    }
+}
+
+/// The GPU of a rank that a launcher started, with `count` GPUs visible: `LOCAL_RANK`'s, or
+/// the only one when the launcher gave each rank its own GPU (Slurm's `--gpus-per-task`, a
+/// `CUDA_VISIBLE_DEVICES` per rank). A `cuda:N` with N > 0 is refused: which GPU a rank takes
+/// is the launcher's business.
+pub fn rank_ordinal(asked: usize, launch: &Launch, count: usize) -> Result<usize> {
+    let local = launch.local_rank;
+    if asked != 0 {
+        bail!("--device cuda:{asked}: under {} every rank takes GPU LOCAL_RANK ({local} here); give --device cuda and choose the GPUs with CUDA_VISIBLE_DEVICES", launch.launcher);
+    }
+    match count {
+        _ if local < count => Ok(local),
+        1 => Ok(0),
+        _ => bail!("local rank {local} but this node shows {count} GPUs: start at most {count} ranks per node, or one GPU per rank through CUDA_VISIBLE_DEVICES"),
+    }
+}
+
 /// The CPU engine as one rank of `dp` (MPI between processes).
 fn cpu_engine(config: ModelConfig, params: Vec<f32>, dp: &DataParallel) -> Result<Box<dyn Engine>> {
     let engine = CpuEngine::new(config, params)?;
@@ -215,6 +252,38 @@ fn cpu_engine(config: ModelConfig, params: Vec<f32>, dp: &DataParallel) -> Resul
 mod tests {
     use super::*;
     use crate::model::{init::init_params, Layout};
+
+    fn torchrun(local_rank: usize) -> Launch {
+        Launch {
+            launcher: crate::launch::Launcher::Torchrun,
+            rank: local_rank + 4,
+            world: 8,
+            local_rank,
+            master_addr: Some("10.0.0.1".into()),
+            master_port: Some(29500),
+            job_id: None,
+        }
+    }
+
+    #[test]
+    fn a_launched_rank_takes_gpu_local_rank_or_the_only_one_it_sees() {
+        assert_eq!(rank_ordinal(0, &torchrun(3), 4).unwrap(), 3);
+        assert_eq!(rank_ordinal(0, &torchrun(0), 4).unwrap(), 0);
+        // One GPU per rank (CUDA_VISIBLE_DEVICES set per rank): each takes its only one.
+        assert_eq!(rank_ordinal(0, &torchrun(3), 1).unwrap(), 0);
+        let one_line = |e: anyhow::Error| {
+            let m = format!("{e:#}");
+            assert!(!m.contains('\n'), "{m}");
+            m
+        };
+        let m = one_line(rank_ordinal(0, &torchrun(3), 2).unwrap_err());
+        assert!(m.contains("local rank 3") && m.contains("2 GPUs"), "{m}");
+        let m = one_line(rank_ordinal(1, &torchrun(0), 4).unwrap_err());
+        assert!(
+            m.contains("--device cuda:1") && m.contains("CUDA_VISIBLE_DEVICES"),
+            "{m}"
+        );
+    }
 
     #[test]
     fn devices_parse_print_and_refuse_in_one_line() {

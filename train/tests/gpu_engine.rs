@@ -54,7 +54,7 @@
 
 use ingot_kernels::launch::{Bf16, Storage};
 use ingot_train::engine::cpu::CpuEngine;
-use ingot_train::engine::cuda::CudaEngine;
+use ingot_train::engine::cuda::{CudaEngine, Precision};
 use ingot_train::engine::{AdamW, Batch, Engine};
 use ingot_train::model::init::{init_params, Rng};
 use ingot_train::model::{Layout, ModelConfig};
@@ -130,7 +130,7 @@ fn rel1(gpu: f32, cpu: f32) -> f64 {
 }
 
 /// The CUDA engine storing `T`, or `None` after printing `SKIPPED: ...`.
-fn cuda<T: Storage>(c: &ModelConfig, p: Vec<f32>) -> Option<CudaEngine<T>> {
+fn cuda<T: Precision>(c: &ModelConfig, p: Vec<f32>) -> Option<CudaEngine<T>> {
     match CudaEngine::<T>::new(0, c.clone(), p) {
         Ok(e) => Some(e),
         Err(e) => {
@@ -550,7 +550,7 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 /// The last row of `Engine::logits(prefix)`: the uncached reference.
-fn last_logits<T: Storage>(e: &mut CudaEngine<T>, prefix: &[u32]) -> Vec<f32> {
+fn last_logits<T: Precision>(e: &mut CudaEngine<T>, prefix: &[u32]) -> Vec<f32> {
     let v = e.config().vocab_size;
     let all = e.logits(prefix).unwrap();
     all[(prefix.len() - 1) * v..].to_vec()
@@ -571,7 +571,7 @@ fn one_line_error<X: std::fmt::Debug>(result: anyhow::Result<X>, want: &str) {
 /// with and without the cache gives the same tokens) wherever both paths run the same
 /// attention kernels; then chunks of 5, 1, 3 and 7 tokens of another sequence; and the
 /// refusals.
-fn generate<T: Storage>(c: &ModelConfig, tol: f64) {
+fn generate<T: Precision>(c: &ModelConfig, tol: f64) {
     let Some(mut e) = cuda::<T>(c, params(c, 41)) else {
         return;
     };

@@ -8,14 +8,16 @@
 //! to wait for rank 0's checkpoint.
 //!
 //! Backends: [`Solo`] (one process); `mpi` (the CPU engine across processes, behind the cargo
-//! feature `mpi`); the NCCL backend of the CUDA engine lives with that engine, whose buffers
-//! are on the device, and answers these host-side calls through a small device buffer.
+//! feature `mpi`); [`nccl`] (the CUDA engine's ranks, one GPU each): it also reduces the
+//! engine's device buffers in place, and answers these host-side calls through a small
+//! device buffer.
 //!
 //! Reductions are sums; averaging is the caller's (it knows the world size). Every call is
 //! collective: all ranks make the same calls in the same order with the same lengths.
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod nccl;
 
 use std::ops::Range;
 use std::time::Duration;
@@ -116,6 +118,12 @@ pub trait Collective {
     /// `root`'s bytes into every rank's `buf`.
     fn broadcast(&mut self, buf: &mut [u8], root: usize) -> Result<()>;
     fn barrier(&mut self) -> Result<()>;
+    /// After a run that ended well on every rank (every rank calls it, last): lets the
+    /// backend shut down in order. Without it, dropping the backend counts as this rank
+    /// failing.
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A world of one process: every collective is the identity.

@@ -32,17 +32,19 @@
 //! rebuilt whenever its owner is reallocated. The GEMMs take `CudaView`s directly.
 
 use std::mem::{size_of, ManuallyDrop};
-use std::ops::{Deref, DerefMut};
+use std::ops::{Deref, DerefMut, Range};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use ingot_kernels::launch::{AdamWHyper, Bf16, CudaSlice, Gpu, Storage, ATTENTION_MMA_MIN_MAJOR};
 use ingot_kernels::matmul::{Blas, CudaStream};
 
 use super::optim::{decay_mask, AdamW};
 use super::{AttentionKernels, Batch, Engine, OptimizerState};
-use crate::collective::{Collective, Solo};
+use crate::collective::nccl::{Element, Nccl};
+use crate::collective::{gather_shards, Collective, DataParallel, Shards, Solo};
+use crate::launch::Launch;
 use crate::model::{Layout, ModelConfig};
 
 /// Logits kept at once by the fused LM head + cross-entropy: the rows of one slab are chosen
@@ -458,12 +460,15 @@ pub struct CudaEngine<T: Storage = f32> {
     arena: Option<DevBuf<T>>,
     arena_f32: Option<DevBuf<f32>>,
     arena_u32: Option<DevBuf<u32>>,
-    /// f32 master weights, updated by AdamW.
+    /// f32 master weights, updated by AdamW (under ZeRO-1: this rank's shard only).
     master: CudaSlice<f32>,
     /// The weights the forward and backward passes read: the master rounded to `T` (an
     /// exact copy when `T` is f32).
     work: DevBuf<T>,
     grads: DevBuf<f32>,
+    /// Under ZeRO-1: this rank's shard of the gradients summed over the ranks.
+    grad_shard: Option<CudaSlice<f32>>,
+    /// AdamW moments and the decay mask, of every parameter or of this rank's shard.
     exp_avg: CudaSlice<f32>,
     exp_avg_sq: CudaSlice<f32>,
     decay: CudaSlice<u8>,
@@ -480,14 +485,55 @@ pub struct CudaEngine<T: Storage = f32> {
     /// Whether attention runs on tensor cores ([`choose_attention`]).
     mma_attention: bool,
     step: u64,
-    /// The ranks this engine trains with ([`Solo`] for one process).
-    comm: Box<dyn Collective>,
+    ranks: Ranks,
+}
+
+/// The ranks a CUDA engine trains with: [`Solo`] for one process, else an NCCL communicator,
+/// and how ZeRO-1 shards the optimizer state when it is on.
+struct Ranks {
+    solo: Solo,
+    nccl: Option<Nccl>,
+    /// ZeRO-1: the master weights, moments and decay mask hold `shard` values (the owned
+    /// range, zero-padded), and the working weights and gradients `padded()` values.
+    zero: Option<Shards>,
+}
+
+impl Ranks {
+    fn rank(&self) -> usize {
+        self.nccl.as_ref().map_or(0, |c| c.rank())
+    }
+    fn world(&self) -> usize {
+        self.nccl.as_ref().map_or(1, |c| c.world())
+    }
+    /// The parameters this rank keeps master weights and moments of, and the length of those
+    /// buffers; then the length of the working weights and gradients.
+    fn lengths(&self, n: usize) -> (Range<usize>, usize, usize) {
+        match self.zero {
+            Some(s) => (s.range(self.rank()), s.shard, s.padded()),
+            None => (0..n, n, n),
+        }
+    }
+    fn nccl(&mut self) -> Result<&mut Nccl> {
+        self.nccl.as_mut().context("ZeRO-1 without a communicator")
+    }
+}
+
+/// `all[range]`, zero-padded to `len` (a rank's shard of a flat buffer).
+fn padded_part<T: Copy + Default>(all: &[T], range: Range<usize>, len: usize) -> Vec<T> {
+    let mut v = all[range].to_vec();
+    v.resize(len, T::default());
+    v
 }
 
 /// The mixed-precision engine: bf16 weights and activations, f32 everything else.
 pub type CudaEngineBf16 = CudaEngine<Bf16>;
 
-impl<T: Storage> CudaEngine<T> {
+/// What the engine's storage type must be: something the kernels store (`Storage`) and NCCL
+/// reduces (`Element`). `f32` and `Bf16` are both.
+pub trait Precision: Storage + Element {}
+impl<T: Storage + Element> Precision for T {}
+
+impl<T: Precision> CudaEngine<T> {
     /// The device this engine runs on (name, architecture, memory; whether it is emulated).
     pub fn device_info(&self) -> &ingot_kernels::probe::DeviceInfo {
         &self.gpu.info
@@ -507,29 +553,74 @@ impl<T: Storage> CudaEngine<T> {
         params: Vec<f32>,
         attention: AttentionKernels,
     ) -> Result<CudaEngine<T>> {
+        Self::build(ordinal, config, params, attention, None)
+    }
+
+    /// As [`CudaEngine::with_attention`], as one rank of the world `launch` describes: joins
+    /// its NCCL communicator ([`Nccl::connect`]) and, with `dp.zero`, keeps the master
+    /// weights and AdamW moments of its shard only.
+    pub fn data_parallel(
+        ordinal: usize,
+        config: ModelConfig,
+        params: Vec<f32>,
+        attention: AttentionKernels,
+        launch: &Launch,
+        dp: &DataParallel,
+    ) -> Result<CudaEngine<T>> {
+        Self::build(ordinal, config, params, attention, Some((launch, dp)))
+    }
+
+    fn build(
+        ordinal: usize,
+        config: ModelConfig,
+        params: Vec<f32>,
+        attention: AttentionKernels,
+        dp: Option<(&Launch, &DataParallel)>,
+    ) -> Result<CudaEngine<T>> {
         let layout = super::checked_layout(&config, params.len())?;
         let gpu = Gpu::new(ordinal).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let blas = Blas::for_gpu(&gpu).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let stream = gpu.stream.clone();
         let n = layout.len();
-        // Master, working copy, gradients, two moments and the decay mask.
-        let state = n as u64 * (4 + size_of::<T>() as u64 + 4 + 4 + 4 + 1);
+        let nccl = dp
+            .map(|(launch, dp)| Nccl::connect(&stream, launch, dp))
+            .transpose()?;
+        let zero = match (&nccl, dp) {
+            (Some(c), Some((_, dp))) if dp.zero => Some(Shards::new(n, c.world())),
+            _ => None,
+        };
+        let ranks = Ranks {
+            solo: Solo,
+            nccl,
+            zero,
+        };
+        let (owned, shard, padded) = ranks.lengths(n);
+        // Master, moments and decay mask of the shard (and the gradient shard under ZeRO-1);
+        // working copy and gradients of every parameter.
+        let per_shard = 4 + 4 + 4 + 1 + if zero.is_some() { 4 } else { 0 };
+        let state = shard as u64 * per_shard + padded as u64 * (size_of::<T>() as u64 + 4);
         fits(
             state,
             free_memory(&gpu)?,
             &format!("cuda:{ordinal}"),
             "the model's weights, gradients and AdamW state",
-            "use a smaller model",
+            if zero.is_some() {
+                "use a smaller model or more ranks"
+            } else {
+                "use a smaller model, or more GPUs with --zero 1"
+            },
         )?;
-        let master = gpu.upload(&params)?;
-        let work = DevBuf::from_slice(&stream, gpu.upload(&to_storage::<T>(&params))?)?;
-        let grads = DevBuf::from_slice(&stream, gpu.zeros::<f32>(n)?)?;
+        let master = gpu.upload(&padded_part(&params, owned.clone(), shard))?;
+        let work = to_storage::<T>(&params);
+        let work = DevBuf::from_slice(&stream, gpu.upload(&padded_part(&work, 0..n, padded))?)?;
+        let grads = DevBuf::from_slice(&stream, gpu.zeros::<f32>(padded)?)?;
+        let grad_shard = zero.map(|_| gpu.zeros::<f32>(shard)).transpose()?;
         let wv = TensorViews::new(&stream, &work, &config, &layout)?;
         let gv = TensorViews::new(&stream, &grads, &config, &layout)?;
         let decay: Vec<u8> = decay_mask(&layout).into_iter().map(u8::from).collect();
-        let decay = gpu.upload(&decay)?;
-        let exp_avg = gpu.zeros::<f32>(n)?;
-        let exp_avg_sq = gpu.zeros::<f32>(n)?;
+        let decay = gpu.upload(&padded_part(&decay, owned, shard))?;
+        let exp_avg = gpu.zeros::<f32>(shard)?;
+        let exp_avg_sq = gpu.zeros::<f32>(shard)?;
         let norm_out = gpu.zeros::<f32>(2)?;
         let norm_partials = gpu.zeros::<f64>(Gpu::grad_norm_parts(n).max(1))?;
         let clip_scale = gpu.zeros::<f32>(1)?;
@@ -554,6 +645,7 @@ impl<T: Storage> CudaEngine<T> {
             master,
             work,
             grads,
+            grad_shard,
             exp_avg,
             exp_avg_sq,
             decay,
@@ -563,7 +655,7 @@ impl<T: Storage> CudaEngine<T> {
             rope: None,
             sequence: None,
             host_targets: Vec::new(),
-            comm: Box::new(Solo),
+            ranks,
             lm_head_rows,
             mma_attention,
             step: 0,
@@ -586,14 +678,17 @@ impl<T: Storage> CudaEngine<T> {
 
     /// The accumulated gradients, copied to the host (for tests).
     pub fn grads(&self) -> Result<Vec<f32>> {
-        Ok(self.gpu.download(&self.grads.owner)?)
+        let mut g = self.gpu.download(&self.grads.owner)?;
+        g.truncate(self.layout.len());
+        Ok(g)
     }
 
     /// The working weights widened to f32, copied to the host (for tests: in bf16 mode they
     /// must equal the master weights rounded to bf16).
     pub fn working_weights(&self) -> Result<Vec<f32>> {
         let w = self.gpu.download(&self.work.owner)?;
-        Ok(w.into_iter().map(Storage::to_f32).collect())
+        let n = self.layout.len();
+        Ok(w.into_iter().take(n).map(Storage::to_f32).collect())
     }
 
     /// Bytes that growing the arenas to `batch × seq` would allocate, and bytes of the arenas
@@ -1021,6 +1116,42 @@ impl<T: Storage> CudaEngine<T> {
         Ok(())
     }
 
+    /// Sums the gradients over the ranks (under ZeRO-1 into this rank's shard) and returns
+    /// the global norm of their mean; with one process, the norm of the gradients.
+    fn reduce_grads(&mut self) -> Result<f32> {
+        let world = self.ranks.world();
+        let Some(nccl) = self.ranks.nccl.as_mut() else {
+            return self.norm_of_grads();
+        };
+        let Some(shard) = self.grad_shard.as_mut() else {
+            nccl.all_reduce_sum_in_place(&mut self.grads.owner)?;
+            return Ok(self.norm_of_grads()? / world as f32);
+        };
+        nccl.reduce_scatter_sum(&self.grads.owner, shard)?;
+        let local = f64::from(self.norm_of_grads()?);
+        let mut squares = [local * local];
+        self.ranks.nccl()?.all_reduce_sum_f64(&mut squares)?;
+        Ok((squares[0].sqrt() / world as f64) as f32)
+    }
+
+    /// The norm of the gradient buffer AdamW reads (this rank's shard under ZeRO-1).
+    fn norm_of_grads(&mut self) -> Result<f32> {
+        let grads = self.grad_shard.as_ref().unwrap_or(&self.grads.owner);
+        // The norm only (clip 0): the clip scale is computed in `step` exactly as the CPU's.
+        self.gpu
+            .grad_norm(&mut self.norm_out, &mut self.norm_partials, grads, 0.0)?;
+        Ok(self.gpu.download(&self.norm_out)?[0])
+    }
+
+    /// Every rank's shard of a flat buffer, gathered into the whole (this rank's `local`
+    /// unchanged without ZeRO-1).
+    fn gather(&mut self, local: Vec<f32>) -> Result<Vec<f32>> {
+        match self.ranks.zero {
+            Some(z) => gather_shards(self.ranks.nccl()?, z, &local),
+            None => Ok(local),
+        }
+    }
+
     fn zero_grads(&mut self) -> Result<()> {
         let stream = self.gpu.stream.clone();
         let grads = &mut self.grads.owner;
@@ -1029,7 +1160,7 @@ impl<T: Storage> CudaEngine<T> {
     }
 }
 
-impl<T: Storage> Engine for CudaEngine<T> {
+impl<T: Precision> Engine for CudaEngine<T> {
     fn name(&self) -> String {
         let attention = if self.mma_attention {
             "tensor-core attention"
@@ -1153,14 +1284,7 @@ impl<T: Storage> Engine for CudaEngine<T> {
     }
 
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
-        // The norm only (clip 0): the clip scale is computed below exactly as the CPU's.
-        self.gpu.grad_norm(
-            &mut self.norm_out,
-            &mut self.norm_partials,
-            &self.grads.owner,
-            0.0,
-        )?;
-        let norm = self.gpu.download(&self.norm_out)?[0];
+        let norm = self.reduce_grads()?;
         if !norm.is_finite() {
             self.zero_grads()?;
             bail!("the gradient norm is {norm}; the step was not applied (try a lower --lr or a --grad-clip)");
@@ -1170,6 +1294,8 @@ impl<T: Storage> Engine for CudaEngine<T> {
             Some(clip) => (clip / (norm + 1e-6)).min(1.0),
             None => 1.0,
         };
+        // The gradients are summed over the ranks: AdamW takes their mean.
+        let scale = scale / self.ranks.world() as f32;
         self.gpu.upload_into(&[scale], &mut self.clip_scale)?;
         // The weights change: the cache holds keys and values of the old ones.
         self.sequence = None;
@@ -1181,10 +1307,27 @@ impl<T: Storage> Engine for CudaEngine<T> {
             weight_decay: opt.weight_decay,
         };
         let scale_view = self.clip_scale.slice(0..1);
+        let stream = self.gpu.stream.clone();
+        // Under ZeRO-1 the update covers this rank's shard, then the ranks gather the
+        // working weights.
+        let (mut work_shard, grads) = match (self.ranks.zero, &self.grad_shard) {
+            (Some(z), Some(g)) => (
+                Some(
+                    self.work
+                        .alias(&stream, self.ranks.rank() * z.shard, z.shard)?,
+                ),
+                g,
+            ),
+            _ => (None, &self.grads.owner),
+        };
+        let work = match work_shard.as_mut() {
+            Some(w) => &mut **w,
+            None => &mut self.work.owner,
+        };
         self.gpu.adamw_step::<T>(
             &mut self.master,
-            Some(&mut self.work.owner),
-            &self.grads.owner,
+            Some(work),
+            grads,
             &mut self.exp_avg,
             &mut self.exp_avg_sq,
             &self.decay,
@@ -1193,15 +1336,23 @@ impl<T: Storage> Engine for CudaEngine<T> {
             lr,
             self.step,
         )?;
+        drop(work_shard);
+        if self.ranks.zero.is_some() {
+            self.ranks
+                .nccl()?
+                .all_gather_in_place(&mut self.work.owner)?;
+        }
         self.zero_grads()?;
         Ok(norm)
     }
 
-    /// The f32 master weights.
-    fn params(&self) -> Result<Vec<f32>> {
-        self.gpu
+    /// The f32 master weights (under ZeRO-1 gathered from every rank's shard).
+    fn params(&mut self) -> Result<Vec<f32>> {
+        let local = self
+            .gpu
             .download(&self.master)
-            .map_err(|e| anyhow::anyhow!("copying the parameters from the GPU failed: {e}"))
+            .map_err(|e| anyhow::anyhow!("copying the parameters from the GPU failed: {e}"))?;
+        self.gather(local)
     }
 
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
@@ -1214,14 +1365,21 @@ impl<T: Storage> Engine for CudaEngine<T> {
         }
         // The cache holds keys and values of the old weights.
         self.sequence = None;
-        self.gpu.upload_into(params, &mut self.master)?;
+        let (owned, shard, padded) = self.ranks.lengths(params.len());
+        let n = params.len();
         self.gpu
-            .upload_into(&to_storage::<T>(params), &mut self.work.owner)?;
+            .upload_into(&padded_part(params, owned, shard), &mut self.master)?;
+        let work = to_storage::<T>(params);
+        self.gpu
+            .upload_into(&padded_part(&work, 0..n, padded), &mut self.work.owner)?;
         Ok(())
     }
 
     fn collective(&mut self) -> &mut dyn Collective {
-        self.comm.as_mut()
+        match self.ranks.nccl.as_mut() {
+            Some(c) => c,
+            None => &mut self.ranks.solo,
+        }
     }
 
     fn optimizer_state(&mut self) -> Result<OptimizerState> {
@@ -1230,10 +1388,11 @@ impl<T: Storage> Engine for CudaEngine<T> {
                 anyhow::anyhow!("copying the optimizer state from the GPU failed: {e}")
             })
         };
+        let (exp_avg, exp_avg_sq) = (get(&self.exp_avg)?, get(&self.exp_avg_sq)?);
         Ok(OptimizerState {
             step: self.step,
-            exp_avg: get(&self.exp_avg)?,
-            exp_avg_sq: get(&self.exp_avg_sq)?,
+            exp_avg: self.gather(exp_avg)?,
+            exp_avg_sq: self.gather(exp_avg_sq)?,
         })
     }
 
@@ -1272,9 +1431,12 @@ impl<T: Storage> Engine for CudaEngine<T> {
                 state.exp_avg.len()
             );
         }
-        self.gpu.upload_into(&state.exp_avg, &mut self.exp_avg)?;
+        let (owned, shard, _) = self.ranks.lengths(n);
+        let part = |v: &[f32]| padded_part(v, owned.clone(), shard);
         self.gpu
-            .upload_into(&state.exp_avg_sq, &mut self.exp_avg_sq)?;
+            .upload_into(&part(&state.exp_avg), &mut self.exp_avg)?;
+        self.gpu
+            .upload_into(&part(&state.exp_avg_sq), &mut self.exp_avg_sq)?;
         self.step = state.step;
         Ok(())
     }

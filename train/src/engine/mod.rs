@@ -158,8 +158,9 @@ pub trait Engine {
     /// step at `lr`, and zeroes the gradients. Returns the global norm before clipping.
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32>;
     /// Parameters as one flat f32 buffer in the model's [`crate::model::Layout`] (copied
-    /// from the device, which can fail, on a GPU).
-    fn params(&self) -> Result<Vec<f32>>;
+    /// from the device, which can fail, on a GPU). Under ZeRO-1 on the GPU the ranks gather
+    /// their shards of the master weights, so every rank must call it.
+    fn params(&mut self) -> Result<Vec<f32>>;
     fn set_params(&mut self, params: &[f32]) -> Result<()>;
     /// The whole optimizer state in the model's layout; under ZeRO-1 the ranks gather their
     /// shards, so every rank must call it.

@@ -142,6 +142,8 @@ impl Trainer<'_> {
         if let Some(m) = &metrics {
             plot(c, m, None);
         }
+        // Every rank got here: the collectives may shut down in order.
+        self.engine.collective().close()?;
         let elapsed = p.started.elapsed().as_secs_f64().max(1e-9);
         Ok(Summary {
             steps: self.state.step,

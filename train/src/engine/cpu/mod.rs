@@ -620,7 +620,7 @@ impl Engine for CpuEngine {
         Ok(norm)
     }
 
-    fn params(&self) -> Result<Vec<f32>> {
+    fn params(&mut self) -> Result<Vec<f32>> {
         Ok(self.model.params.clone())
     }
 
