@@ -7,7 +7,8 @@
 #      load a real NVRTC), with INGOT_REQUIRE_GPU=1 and INGOT_REQUIRE_NVRTC=1 so that nothing
 #      skips, and a kernel cache of its own under target/emulator/cache;
 #   3. runs: the emulator's own tests, every kernel unit through the stand-in NVRTC
-#      (kernels/tests/compile.rs), the GPU tests gpu_kernels, gpu_matmul and gpu_engine, and
+#      (kernels/tests/compile.rs), the GPU tests gpu_kernels, gpu_matmul and gpu_engine, the
+#      NCCL backend's gpu_data_parallel (ranks of train --device cuda against one process), and
 #      scripts/gpu-train-check.sh (the train binary with --device cuda: straight, stopped and
 #      resumed bit for bit, against the CPU, train sample, a refused oversized batch);
 #   4. ends with a table: check, PASS/FAIL, seconds; exits non-zero if any check failed.
@@ -60,7 +61,7 @@ run() { # name command...
     echo "== $name (emulated)"
     if "$@" >"$logs/$name.log" 2>&1; then
         results+=(PASS)
-        grep -E "^test result|PASS" "$logs/$name.log" | tail -3
+        grep -E "^test result|PASS|relative|killed" "$logs/$name.log" | tail -12
     else
         results+=(FAIL)
         tail -40 "$logs/$name.log"
@@ -74,6 +75,8 @@ run kernels-compile cargo test -q -p ingot-kernels --test compile
 run gpu_kernels cargo test -q -p ingot-train --test gpu_kernels -- "$@"
 run gpu_matmul cargo test -q -p ingot-train --test gpu_matmul -- "$@"
 run gpu_engine cargo test -q -p ingot-train --test gpu_engine -- "$@"
+# 2 ranks of train --device cuda through the stand-in NCCL against one process.
+run gpu_data_parallel cargo test -q -p ingot-train --test gpu_data_parallel -- --nocapture "$@"
 # Blocks of 64 and 8 steps: at T = 256 the warp-per-row attention of the tiny model (head
 # dim 16) takes seconds per launch on the CPU.
 run gpu-train-check env STEPS=8 BLOCK_SIZE=64 BATCH_SIZE=8 \

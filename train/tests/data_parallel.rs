@@ -10,13 +10,13 @@
 //! ZeRO-1, or only in being stopped and resumed, make the same operations in the same order and
 //! are checked bit for bit.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-
-const TRAIN: &str = env!("CARGO_BIN_EXE_train");
+use common::{bits32, copy_dir, dataset, losses, rel, weights, which, with, TRAIN};
 
 /// `mpirun` when the tests can run; otherwise says why (and fails under INGOT_REQUIRE_MPI=1).
 fn mpirun(test: &str) -> Option<PathBuf> {
@@ -34,51 +34,6 @@ fn mpirun(test: &str) -> Option<PathBuf> {
     }
     eprintln!("SKIPPED {test}: {why}");
     None
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// A small dataset of generated sentences (byte tokenizer, blocks of 32), made once per test.
-fn dataset(dir: &Path) -> PathBuf {
-    let corpus = dir.join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    let words = [
-        "the", "lantern", "river", "stone", "quiet", "north", "bread", "window", "carried", "over",
-        "under", "bright", "old", "keeper", "road", "and",
-    ];
-    let mut text = String::new();
-    let mut x: u64 = 7;
-    for line in 0..3000 {
-        for _ in 0..8 + line % 5 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            text.push_str(words[(x >> 60) as usize]);
-            text.push(' ');
-        }
-        text.push_str(".\n\n");
-    }
-    std::fs::write(corpus.join("a.txt"), text).unwrap();
-    let shards = dir.join("shards");
-    let cli = ingot_prep::cli::Cli::try_parse_from([
-        "prep",
-        "--quiet",
-        "--input",
-        corpus.to_str().unwrap(),
-        "--txt-unit",
-        "paragraph",
-        "--block-size",
-        "32",
-        "--out",
-        shards.to_str().unwrap(),
-    ])
-    .unwrap();
-    ingot_prep::build::run(&cli.build).unwrap();
-    shards
 }
 
 /// The options every run here shares: the tiny preset cut down to 2 layers, 20 steps,
@@ -149,37 +104,6 @@ fn run_ok(mut c: Command) -> Output {
     out
 }
 
-fn with(mut args: Vec<String>, extra: &[&str]) -> Vec<String> {
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-/// (step, loss) of every train line of a run's metrics.
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
-        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
-        .collect()
-}
-
-fn weights(run: &Path, step: u64) -> (Vec<f32>, ingot_train::engine::OptimizerState) {
-    let dir = run.join(format!("checkpoints/step-{step:07}"));
-    ingot_train::checkpoint::read_optimizer(&dir).unwrap()
-}
-
-/// max |a - b| / max |a|.
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = a.iter().fold(0.0f64, |m, &x| m.max(f64::from(x).abs()));
-    let diff = a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| {
-        m.max((f64::from(x) - f64::from(y)).abs())
-    });
-    diff / scale.max(f64::MIN_POSITIVE)
-}
-
 fn assert_close_runs(a: &Path, b: &Path, what: &str) {
     let (la, lb) = (losses(a), losses(b));
     assert_eq!(la.len(), 20, "{what}: {la:?}");
@@ -210,7 +134,6 @@ fn assert_bitwise_runs(a: &Path, b: &Path, what: &str) {
     assert_eq!(bits(losses(a)), bits(losses(b)), "{what}: losses");
     let (wa, oa) = weights(a, 20);
     let (wb, ob) = weights(b, 20);
-    let bits32 = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert!(
         bits32(&wa) == bits32(&wb),
         "{what}: weights differ ({:.2e})",
@@ -331,23 +254,6 @@ fn one_too_small_output(mut c: Command) -> String {
     let out = c.output().unwrap();
     assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        let kind = e.file_type().unwrap();
-        if kind.is_symlink() {
-            let link = std::fs::read_link(e.path()).unwrap();
-            std::os::unix::fs::symlink(link, target).unwrap();
-        } else if kind.is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 /// The processes `mpirun` (pid `parent`) started, with their rank.
