@@ -5,6 +5,8 @@
 #   <bundle>/tests/gpu_kernels       train's GPU kernel tests     (cargo test --release --no-run)
 #   <bundle>/tests/gpu_matmul        train's cuBLASLt GEMM tests
 #   <bundle>/tests/gpu_engine        the CUDA engine against the CPU engine
+#   <bundle>/tests/gpu_data_parallel ranks of bin/train --device cuda over NCCL (one GPU: the
+#                                    world-size-1 test only)
 #   <bundle>/tests/compile           ingot-kernels' NVRTC compile test
 #   <bundle>/tests/ingot_kernels     ingot-kernels' unit tests (probe, launcher, Gpu::new)
 #   <bundle>/bin/prep, bin/train     the release binaries
@@ -47,7 +49,7 @@ echo "== building test executables (cargo test --release --no-run)"
 JSON="$(mktemp)"
 trap 'rm -f "$JSON"' EXIT
 cargo test --release --no-run --message-format=json \
-    -p ingot-train --test gpu_kernels --test gpu_matmul --test gpu_engine \
+    -p ingot-train --test gpu_kernels --test gpu_matmul --test gpu_engine --test gpu_data_parallel \
     -p ingot-kernels --test compile --lib >"$JSON"
 
 # "name<TAB>executable" of every test artifact, from cargo's JSON messages.
@@ -66,7 +68,7 @@ PY
 found=0
 while IFS=$'\t' read -r name exe; do
     case "$name" in
-        gpu_kernels|gpu_matmul|gpu_engine|compile|ingot_kernels) ;;
+        gpu_kernels|gpu_matmul|gpu_engine|gpu_data_parallel|compile|ingot_kernels) ;;
         *) continue ;;
     esac
     cp "$exe" "$BUNDLE/tests/$name"
@@ -75,8 +77,8 @@ while IFS=$'\t' read -r name exe; do
     found=$((found + 1))
 done <"$JSON.list"
 rm -f "$JSON.list"
-if [ "$found" -ne 5 ]; then
-    echo "expected 5 test executables (gpu_kernels, gpu_matmul, gpu_engine, compile, ingot_kernels), found $found" >&2
+if [ "$found" -ne 6 ]; then
+    echo "expected 6 test executables (gpu_kernels, gpu_matmul, gpu_engine, gpu_data_parallel, compile, ingot_kernels), found $found" >&2
     exit 1
 fi
 

@@ -3,9 +3,10 @@
 # Rust toolchain:
 #
 #   1. prints the GPU (nvidia-smi);
-#   2. finds libcuda.so.1, libnvrtc.so.13 and libcublasLt.so.13 (ldconfig, /usr/local/cuda*,
-#      the driver's directory, Python's site-packages nvidia/*/lib, the bundle's nvrtc/*.xz)
-#      and puts their directories on LD_LIBRARY_PATH (INGOT_NVRTC_LIB too);
+#   2. finds libcuda.so.1, libnvrtc.so.13, libcublasLt.so.13 and libnccl.so.2 (ldconfig,
+#      /usr/local/cuda*, the driver's directory, Python's site-packages nvidia/*/lib, the
+#      bundle's nvrtc/*.xz) and puts their directories on LD_LIBRARY_PATH (INGOT_NVRTC_LIB and
+#      INGOT_NCCL_LIB too);
 #   3. runs every test executable in <bundle>/tests with INGOT_REQUIRE_GPU=1 and
 #      INGOT_REQUIRE_NVRTC=1 (a missing GPU or NVRTC fails instead of skipping), and
 #      `bin/{prep,train} --version` (the binaries start and their libraries resolve);
@@ -75,7 +76,7 @@ candidate_dirs() {
     local d py sp
     # ldconfig's cache: the directory of every matching library.
     if command -v ldconfig >/dev/null 2>&1; then
-        ldconfig -p 2>/dev/null | awk -F'=> ' '/libcuda\.so|libnvrtc|libcublasLt/ {print $2}' |
+        ldconfig -p 2>/dev/null | awk -F'=> ' '/libcuda\.so|libnvrtc|libcublasLt|libnccl/ {print $2}' |
             xargs -r -n1 dirname 2>/dev/null | awk '!seen[$0]++'
     fi
     for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
@@ -167,6 +168,14 @@ else
     echo "libcublasLt.so.13  NOT FOUND (the GEMM and engine tests, the train check and the benchmark need it)"
 fi
 
+if p="$(find_lib libnccl.so.2)"; then
+    echo "libnccl.so.2       $p"
+    add_dir "$(dirname "$p")"
+    export INGOT_NCCL_LIB="$p"
+else
+    echo "libnccl.so.2       NOT FOUND (gpu_data_parallel needs it: pip install nvidia-nccl-cu13)"
+fi
+
 if [ ${#LIB_DIRS[@]} -gt 0 ]; then
     joined="$(IFS=:; echo "${LIB_DIRS[*]}")"
     export LD_LIBRARY_PATH="$joined${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -178,6 +187,8 @@ echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 export INGOT_REQUIRE_GPU=1
 export INGOT_REQUIRE_NVRTC=1
 export INGOT_CACHE_DIR="$WORK/kernel-cache"
+# gpu_data_parallel starts ranks of the bundle's train, not the build tree's.
+export INGOT_TRAIN_BIN="$BUNDLE/bin/train"
 export RUST_BACKTRACE=1
 
 NAMES=()

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bits32, copy_dir, dataset, losses, rel, weights, which, with, TRAIN};
+use common::{bits32, copy_dir, dataset, losses, rel, train_bin, weights, which, with};
 
 /// `mpirun` when the tests can run; otherwise says why (and fails under INGOT_REQUIRE_MPI=1).
 fn mpirun(test: &str) -> Option<PathBuf> {
@@ -81,13 +81,13 @@ fn ranks(mpirun: &Path, np: usize, args: &[String]) -> Command {
         "--bind-to",
         "none",
     ])
-    .args(["-np", &np.to_string(), TRAIN])
+    .args(["-np", &np.to_string(), &train_bin()])
     .args(args);
     c
 }
 
 fn one(args: &[String]) -> Command {
-    let mut c = Command::new(TRAIN);
+    let mut c = Command::new(train_bin());
     c.args(args);
     c
 }

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bits32, copy_dir, dataset, records, weights, with, TRAIN};
+use common::{bits32, copy_dir, dataset, records, train_bin, weights, with};
 
 const TRAIN_TOL: f64 = 1e-4;
 const GRAD_TOL: f64 = 1e-4;
@@ -135,7 +135,7 @@ fn spawn_ranks(world: usize, args: &[String]) -> Vec<Child> {
     let port = free_port().to_string();
     (0..world)
         .map(|rank| {
-            Command::new(TRAIN)
+            Command::new(train_bin())
                 .args(args)
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
@@ -194,7 +194,7 @@ fn run_ranks(world: usize, args: &[String]) -> Vec<Output> {
 
 /// One process of `train args`, without a launcher's environment.
 fn run_one(args: &[String]) -> Output {
-    let mut c = Command::new(TRAIN);
+    let mut c = Command::new(train_bin());
     c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     let out = wait_until(c.spawn().unwrap(), Instant::now() + RUN_LIMIT);
     assert!(

@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
-pub const TRAIN: &str = env!("CARGO_BIN_EXE_train");
+/// The `train` binary: `INGOT_TRAIN_BIN` if set (a bundle's `bin/train` on a GPU machine,
+/// where this test executable runs without its build tree), else the one cargo built.
+pub fn train_bin() -> String {
+    std::env::var("INGOT_TRAIN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_train").to_string())
+}
 
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
