@@ -17,6 +17,7 @@ pub mod launch;
 pub mod metrics;
 pub mod model;
 pub mod plot;
+pub mod quant;
 pub mod run;
 pub mod sample;
 pub mod schedule;
