@@ -77,7 +77,8 @@ impl Nf4 {
         let mut absmax = Vec::with_capacity(w.len() / BLOCK);
         for block in w.chunks_exact(BLOCK) {
             let m = block.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            // An all-zero block: every code is 0 (exact) whatever the scale.
+            // Scaled by the reciprocal, in f32, as bitsandbytes does (so that the codes agree
+            // bit for bit). An all-zero block: every code is 0 (exact) whatever the scale.
             let inv = if m > 0.0 { 1.0 / m } else { 0.0 };
             for pair in block.chunks_exact(2) {
                 packed.push(nearest(pair[0] * inv) << 4 | nearest(pair[1] * inv));
@@ -113,16 +114,14 @@ impl Nf4 {
     }
 }
 
-/// The code of the value nearest to `x` (in [-1, 1]); a tie goes to the larger code.
+/// The code of the value nearest to `x` (in [-1, 1]): the number of midpoints between
+/// neighbouring codes (computed in f32) that lie below `x`, so a value exactly on a midpoint
+/// takes the smaller code, as in bitsandbytes (checked byte for byte by
+/// tests/nf4_bitsandbytes.rs).
 fn nearest(x: f32) -> u8 {
-    // CODE is ascending: the answer is the number of midpoints at or below x.
-    let mut code = 0u8;
-    for pair in CODE.windows(2) {
-        if x >= 0.5 * (pair[0] + pair[1]) {
-            code += 1;
-        }
-    }
-    code
+    CODE.windows(2)
+        .filter(|pair| x > (pair[0] + pair[1]) / 2.0)
+        .count() as u8
 }
 
 #[cfg(test)]
@@ -183,12 +182,18 @@ mod tests {
         for (i, &c) in CODE.iter().enumerate() {
             assert_eq!(nearest(c) as usize, i);
         }
-        // Between two codes: the nearer one, either side of the midpoint.
+        // Between two codes: the nearer one, either side of the midpoint; outside [-1, 1],
+        // the end codes.
         for pair in 0..15 {
             let mid = 0.5 * (CODE[pair] + CODE[pair + 1]);
             let gap = CODE[pair + 1] - CODE[pair];
             assert_eq!(nearest(mid - 0.01 * gap) as usize, pair);
             assert_eq!(nearest(mid + 0.01 * gap) as usize, pair + 1);
+        }
+        assert_eq!((nearest(-1.5), nearest(1.5)), (0, 15));
+        // Exactly on a midpoint: the smaller code.
+        for pair in 0..15 {
+            assert_eq!(nearest((CODE[pair] + CODE[pair + 1]) / 2.0) as usize, pair);
         }
     }
 

@@ -1,0 +1,121 @@
+//! Our NF4 quantisation (`ingot_train::quant::nf4`) against bitsandbytes' on the same tensors:
+//! the same 16 code values, the same absmax per block of 64, and the same packed bytes.
+//!
+//! Needs a Python with torch and bitsandbytes (`python3`, or `INGOT_TORCH_PYTHON`); without one
+//! the test prints SKIPPED and passes, unless `INGOT_REQUIRE_TORCH=1` (CI, which installs the
+//! pinned packages of `.ci/requirements-reference.txt`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ingot_train::model::init::Rng;
+use ingot_train::quant::nf4::{Nf4, BLOCK, CODE};
+
+fn bnb_python() -> Option<PathBuf> {
+    let python = std::env::var_os("INGOT_TORCH_PYTHON")
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let ok = Command::new(&python)
+        .args(["-c", "import torch, bitsandbytes"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    if std::env::var("INGOT_REQUIRE_TORCH").as_deref() == Ok("1") {
+        panic!(
+            "INGOT_REQUIRE_TORCH=1 but {} cannot import torch and bitsandbytes",
+            python.display()
+        );
+    }
+    eprintln!("SKIPPED: no Python with torch and bitsandbytes (set INGOT_TORCH_PYTHON); the NF4 comparison did not run");
+    None
+}
+
+fn f32s(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Weights as a model holds them: normal with std 0.02, a few blocks much wider, a block of
+/// zeros, rare outliers, and values placed exactly on the code book and on its midpoints.
+fn weights(n: usize) -> Vec<f32> {
+    let mut rng = Rng(12);
+    let mut w: Vec<f32> = (0..n)
+        .map(|i| {
+            let scale = if (i / BLOCK) % 7 == 3 { 1.5 } else { 0.02 };
+            let x = (rng.normal() * scale) as f32;
+            if rng.next_u64().is_multiple_of(997) {
+                x * 40.0
+            } else {
+                x
+            }
+        })
+        .collect();
+    w[5 * BLOCK..6 * BLOCK].fill(0.0);
+    for (i, v) in w[8 * BLOCK..9 * BLOCK].iter_mut().enumerate() {
+        *v = CODE[i % 16] * 0.5;
+    }
+    for (i, v) in w[9 * BLOCK..10 * BLOCK].iter_mut().enumerate() {
+        *v = if i == 0 {
+            0.5
+        } else {
+            0.25 * (CODE[i % 15] + CODE[i % 15 + 1])
+        };
+    }
+    w
+}
+
+#[test]
+fn our_nf4_equals_bitsandbytes_byte_for_byte() {
+    let Some(python) = bnb_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let w = weights(1024 * BLOCK);
+    let src = dir.path().join("w.f32");
+    std::fs::write(
+        &src,
+        w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/bnb_nf4.py");
+    let run = Command::new(&python)
+        .arg(&script)
+        .args([&src, &out("q.u8"), &out("absmax.f32"), &out("code.f32")])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let code = f32s(&out("code.f32"));
+    assert_eq!(code, CODE, "bitsandbytes' NF4 code book");
+    let ours = Nf4::quantize("w", &w).unwrap();
+    assert_eq!(f32s(&out("absmax.f32")), ours.absmax, "absmax per block");
+    let theirs = std::fs::read(out("q.u8")).unwrap();
+    assert_eq!(theirs.len(), ours.packed.len());
+    let differ: Vec<usize> = (0..theirs.len())
+        .filter(|&i| theirs[i] != ours.packed[i])
+        .collect();
+    println!(
+        "{} weights in {} blocks: {} of {} packed bytes differ",
+        w.len(),
+        ours.absmax.len(),
+        differ.len(),
+        theirs.len()
+    );
+    assert!(
+        differ.is_empty(),
+        "first differing bytes (index, ours, theirs): {:?}",
+        differ
+            .iter()
+            .take(8)
+            .map(|&i| (i, ours.packed[i], theirs[i]))
+            .collect::<Vec<_>>()
+    );
+}
