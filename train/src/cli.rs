@@ -171,7 +171,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub rendezvous: Option<String>,
     /// Seconds a rank waits for the others at the rendezvous and in a collective before it
-    /// gives up with an error.
+    /// gives up with an error (not while rank 0 writes a checkpoint on the CUDA engine: there
+    /// only a vanished rank or NCCL's own error ends the wait).
     #[arg(long)]
     pub dist_timeout: Option<u64>,
     /// On --resume, accept a global batch (ranks × --batch-size × --grad-accum) other than the

@@ -53,6 +53,9 @@ pub struct Nccl {
     session: Option<Session>,
     rendezvous: String,
     timeout: Duration,
+    /// Whether the collective under way is bounded by `timeout` (a barrier is not: see
+    /// [`Collective::barrier`] below).
+    timed: bool,
     /// The first failure, repeated by every later call.
     broken: Option<String>,
 }
@@ -102,6 +105,7 @@ impl Nccl {
             session: Some(session),
             rendezvous: rdv.to_string(),
             timeout: dp.timeout,
+            timed: true,
             broken: None,
         })
     }
@@ -163,20 +167,25 @@ impl Nccl {
         self.barrier()?;
         let comm = std::mem::replace(&mut self.comm, std::ptr::null_mut());
         // SAFETY: `comm` is live; nothing is pending after the barrier.
-        let code = unsafe { (self.lib.comm_finalize)(comm) };
+        let finalized = unsafe { (self.lib.comm_finalize)(comm) };
+        // Described before the handle is destroyed.
+        let why = (finalized != SUCCESS).then(|| self.lib.describe(finalized, comm));
         let destroyed = unsafe { (self.lib.comm_destroy)(comm) };
-        if let Some(session) = self.session.take() {
-            session.close();
-        }
-        for code in [code, destroyed] {
-            if code != SUCCESS {
-                bail!(
-                    "NCCL could not shut the communicator down: {}",
-                    self.lib.describe(code, comm)
-                );
+        let why = why.or_else(|| {
+            (destroyed != SUCCESS).then(|| self.lib.describe(destroyed, std::ptr::null_mut()))
+        });
+        // A bye only after a clean shutdown; otherwise dropping the session tells the others
+        // this rank vanished.
+        let session = self.session.take();
+        match why {
+            None => {
+                if let Some(session) = session {
+                    session.close();
+                }
+                Ok(())
             }
+            Some(why) => bail!("NCCL could not shut the communicator down: {why}"),
         }
-        Ok(())
     }
 
     /// Orders `call` (enqueued on the communicator's stream) after the compute stream's work
@@ -216,7 +225,14 @@ impl Nccl {
             }
             let mut async_error = SUCCESS;
             // SAFETY: `comm` is live (not broken) and the out-pointer valid.
-            unsafe { (self.lib.comm_get_async_error)(self.comm, &mut async_error) };
+            let asked = unsafe { (self.lib.comm_get_async_error)(self.comm, &mut async_error) };
+            if asked != SUCCESS {
+                let why = format!(
+                    "NCCL {what}: cannot query the communicator's state: {}",
+                    self.lib.describe(asked, self.comm)
+                );
+                return Err(self.fail(why));
+            }
             if async_error != SUCCESS && async_error != library::IN_PROGRESS {
                 let why = format!(
                     "NCCL {what} failed: {}",
@@ -228,7 +244,7 @@ impl Nccl {
                 let why = format!("rank {lost} of {} vanished (its process ended or its node is unreachable) during the NCCL {what}", self.world);
                 return Err(self.fail(why));
             }
-            if start.elapsed() > self.timeout {
+            if self.timed && start.elapsed() > self.timeout {
                 let why = format!(
                     "the NCCL {what} made no progress in {} s (--dist-timeout): another rank is stuck or gone",
                     self.timeout.as_secs()
@@ -367,8 +383,14 @@ impl Collective for Nccl {
             })
         })
     }
+    /// Not bounded by `--dist-timeout`: the ranks wait here while rank 0 writes a checkpoint,
+    /// which can take longer than any collective. A rank that vanishes (the rendezvous
+    /// session) or NCCL's own error still ends the wait.
     fn barrier(&mut self) -> Result<()> {
-        self.all_reduce_sum(&mut [0.0])
+        self.timed = false;
+        let waited = self.all_reduce_sum(&mut [0.0]);
+        self.timed = true;
+        waited
     }
     fn close(&mut self) -> Result<()> {
         Nccl::close(self)
