@@ -599,6 +599,10 @@ impl<T: Precision> CudaEngine<T> {
         // working copy and gradients of every parameter.
         let per_shard = 4 + 4 + 4 + 1 + if zero.is_some() { 4 } else { 0 };
         let state = shard as u64 * per_shard + padded as u64 * (size_of::<T>() as u64 + 4);
+        // Under ZeRO-1 a checkpoint gathers the shards in place in a device buffer of every
+        // parameter, for a moment: counted now, rather than found short at the first save.
+        let gather = if zero.is_some() { padded as u64 * 4 } else { 0 };
+        let state = state + gather;
         fits(
             state,
             free_memory(&gpu)?,
