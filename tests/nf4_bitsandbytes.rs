@@ -5,31 +5,15 @@
 //! the test prints SKIPPED and passes, unless `INGOT_REQUIRE_TORCH=1` (CI, which installs the
 //! pinned packages of `.ci/requirements-reference.txt`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
+
+use common::reference_python;
 
 use ingot_train::model::init::Rng;
 use ingot_train::quant::nf4::{Nf4, BLOCK, CODE};
-
-fn bnb_python() -> Option<PathBuf> {
-    let python = std::env::var_os("INGOT_TORCH_PYTHON")
-        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
-    let ok = Command::new(&python)
-        .args(["-c", "import torch, bitsandbytes"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    if std::env::var("INGOT_REQUIRE_TORCH").as_deref() == Ok("1") {
-        panic!(
-            "INGOT_REQUIRE_TORCH=1 but {} cannot import torch and bitsandbytes",
-            python.display()
-        );
-    }
-    eprintln!("SKIPPED: no Python with torch and bitsandbytes (set INGOT_TORCH_PYTHON); the NF4 comparison did not run");
-    None
-}
 
 fn f32s(path: &Path) -> Vec<f32> {
     std::fs::read(path)
@@ -70,7 +54,7 @@ fn weights(n: usize) -> Vec<f32> {
 
 #[test]
 fn our_nf4_equals_bitsandbytes_byte_for_byte() {
-    let Some(python) = bnb_python() else {
+    let Some(python) = reference_python("torch, bitsandbytes", "NF4 comparison") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

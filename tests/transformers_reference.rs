@@ -18,24 +18,7 @@ use ingot_train::engine::cpu::CpuEngine;
 use ingot_train::engine::Engine;
 
 fn torch_python() -> Option<PathBuf> {
-    let python = std::env::var_os("INGOT_TORCH_PYTHON")
-        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
-    let ok = Command::new(&python)
-        .args(["-c", "import torch, transformers"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return Some(python);
-    }
-    if std::env::var("INGOT_REQUIRE_TORCH").as_deref() == Ok("1") {
-        panic!(
-            "INGOT_REQUIRE_TORCH=1 but {} cannot import torch and transformers",
-            python.display()
-        );
-    }
-    eprintln!("SKIPPED: no Python with torch and transformers (set INGOT_TORCH_PYTHON); the transformers comparison did not run");
-    None
+    reference_python("torch, transformers", "transformers comparison")
 }
 
 fn script() -> PathBuf {

@@ -179,3 +179,26 @@ pub fn python_with_tokenizers() -> Option<PathBuf> {
     eprintln!("SKIPPED: python3 with `tokenizers` not found; the comparison against Hugging Face tokenizers did not run (pip install -r .ci/requirements.txt)");
     None
 }
+
+/// The Python of the reference tests (`INGOT_TORCH_PYTHON`, else `python3`) when it imports
+/// every module of `imports` (e.g. "torch, transformers"); else `None` after printing
+/// `SKIPPED: ... the {what} did not run`, or a failure under `INGOT_REQUIRE_TORCH=1` (CI).
+pub fn reference_python(imports: &str, what: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("INGOT_TORCH_PYTHON")
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {imports}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    if std::env::var("INGOT_REQUIRE_TORCH").as_deref() == Ok("1") {
+        panic!(
+            "INGOT_REQUIRE_TORCH=1 but {} cannot import {imports}",
+            python.display()
+        );
+    }
+    eprintln!("SKIPPED: no Python that imports {imports} (set INGOT_TORCH_PYTHON); the {what} did not run");
+    None
+}
