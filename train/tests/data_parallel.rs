@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bits32, copy_dir, dataset, losses, rel, train_bin, weights, which, with};
+use common::{copy_dir, dataset, losses, rel, state_difference, train_bin, weights, which, with};
 
 /// `mpirun` when the tests can run; otherwise says why (and fails under INGOT_REQUIRE_MPI=1).
 fn mpirun(test: &str) -> Option<PathBuf> {
@@ -132,21 +132,9 @@ fn assert_bitwise_runs(a: &Path, b: &Path, what: &str) {
             .collect::<Vec<_>>()
     };
     assert_eq!(bits(losses(a)), bits(losses(b)), "{what}: losses");
-    let (wa, oa) = weights(a, 20);
-    let (wb, ob) = weights(b, 20);
-    assert!(
-        bits32(&wa) == bits32(&wb),
-        "{what}: weights differ ({:.2e})",
-        rel(&wa, &wb)
-    );
-    assert!(
-        bits32(&oa.exp_avg) == bits32(&ob.exp_avg),
-        "{what}: exp_avg"
-    );
-    assert!(
-        bits32(&oa.exp_avg_sq) == bits32(&ob.exp_avg_sq),
-        "{what}: exp_avg_sq"
-    );
+    if let Some(what_differs) = state_difference(a, b, 20) {
+        panic!("{what}: {what_differs}");
+    }
 }
 
 #[test]

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bits32, copy_dir, dataset, records, train_bin, weights, with};
+use common::{copy_dir, dataset, records, state_difference, train_bin, weights, with};
 
 const TRAIN_TOL: f64 = 1e-4;
 const GRAD_TOL: f64 = 1e-4;
@@ -272,11 +272,7 @@ fn assert_close_updates(a: &Path, b: &Path, dtype: &str, what: &str) -> bool {
         STEPS / 2 + 1
     );
     assert!(ru < tolerances(dtype).1, "{what}: update {ru:.2e} relative");
-    let (wa, oa) = weights(a, STEPS);
-    let (wb, ob) = weights(b, STEPS);
-    bits32(&wa) == bits32(&wb)
-        && bits32(&oa.exp_avg) == bits32(&ob.exp_avg)
-        && bits32(&oa.exp_avg_sq) == bits32(&ob.exp_avg_sq)
+    state_difference(a, b, STEPS).is_none()
 }
 
 /// A run's records of `kind` without the fields that measure the machine (speed, memory).
@@ -294,17 +290,9 @@ fn assert_bitwise_runs(a: &Path, b: &Path, what: &str) {
     for kind in ["train", "eval"] {
         assert_eq!(results(a, kind), results(b, kind), "{what}: {kind} records");
     }
-    let (wa, oa) = weights(a, STEPS);
-    let (wb, ob) = weights(b, STEPS);
-    assert!(bits32(&wa) == bits32(&wb), "{what}: master weights differ");
-    assert!(
-        bits32(&oa.exp_avg) == bits32(&ob.exp_avg),
-        "{what}: exp_avg"
-    );
-    assert!(
-        bits32(&oa.exp_avg_sq) == bits32(&ob.exp_avg_sq),
-        "{what}: exp_avg_sq"
-    );
+    if let Some(what_differs) = state_difference(a, b, STEPS) {
+        panic!("{what}: {what_differs}");
+    }
 }
 
 #[test]

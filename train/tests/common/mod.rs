@@ -101,6 +101,23 @@ pub fn bits32(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// Which part of the checkpoints at `step` of runs `a` and `b` differs in any bit (master
+/// weights, then the two AdamW moments), or `None` when all are equal.
+pub fn state_difference(a: &Path, b: &Path, step: u64) -> Option<String> {
+    let (wa, oa) = weights(a, step);
+    let (wb, ob) = weights(b, step);
+    if bits32(&wa) != bits32(&wb) {
+        return Some(format!("weights differ ({:.2e})", rel(&wa, &wb)));
+    }
+    if bits32(&oa.exp_avg) != bits32(&ob.exp_avg) {
+        return Some("exp_avg differs".into());
+    }
+    if bits32(&oa.exp_avg_sq) != bits32(&ob.exp_avg_sq) {
+        return Some("exp_avg_sq differs".into());
+    }
+    None
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
