@@ -22,6 +22,10 @@ nproc=${NPROC:-2}
 model=${MODEL:-124M}
 steps=${STEPS:-30}
 block=${BLOCK_SIZE:-1024}
+if [ $((8 % nproc)) -ne 0 ]; then
+    echo "FAIL: NPROC=$nproc does not divide the global batch of 8 (use 2, 4 or 8)" >&2
+    exit 2
+fi
 rm -rf "$work"
 mkdir -p "$work/logs"
 
