@@ -1,6 +1,7 @@
 //! `train`: pretrains a Llama on memory-mapped ingot shards.
 //!
 //! - [`model`]: the shape, presets, the flat parameter layout with HF-named views, init.
+//! - [`lora`]: low-rank adapters on a frozen base: options, their flat buffer, merging.
 //! - [`engine`]: the seam the loop talks to, AdamW, and the CPU engine with its ops.
 //! - [`data`]: epochs of shuffled blocks from the shards; [`schedule`]: learning rates.
 //! - [`checkpoint`]: Hugging Face model directories plus training state, saved atomically.
@@ -14,6 +15,7 @@ pub mod device;
 pub mod engine;
 pub mod evaluate;
 pub mod launch;
+pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod plot;

@@ -46,8 +46,13 @@ pub fn global_norm(grads: &[f32]) -> f32 {
 
 /// Per-element weight-decay mask from the layout: 1 where decay applies.
 pub fn decay_mask(layout: &Layout) -> Vec<bool> {
-    let mut mask = vec![false; layout.len()];
-    for t in &layout.tensors {
+    decay_mask_of(&layout.tensors, layout.len())
+}
+
+/// The mask of any flat buffer of `len` values tiled by `tensors` (a model's or an adapter's).
+pub fn decay_mask_of(tensors: &[crate::model::Tensor], len: usize) -> Vec<bool> {
+    let mut mask = vec![false; len];
+    for t in tensors {
         mask[t.range()].fill(t.decay);
     }
     mask

@@ -6,6 +6,7 @@
 //! against finite differences in f64; [`CpuEngine`] is `Model<f32>` behind the [`Engine`] seam.
 
 pub mod decode;
+pub mod lora;
 pub mod ops;
 
 use anyhow::{bail, Result};
@@ -13,7 +14,10 @@ use anyhow::{bail, Result};
 use super::optim::{adamw_step, decay_mask, global_norm, sum_squares, AdamW};
 use super::{Batch, Engine, OptimizerState};
 use crate::collective::{gather_shards, Collective, Shards, Solo};
+use crate::lora::{AdapterLayout, LoraConfig, Target};
+use crate::model::init::Rng;
 use crate::model::{Layout, ModelConfig};
+use lora::LoraState;
 use ops::*;
 
 /// Rows of the LM head processed at a time, so the logits of a whole batch over a large
@@ -61,6 +65,8 @@ struct Acts<T> {
     da: Vec<T>,
     dg: Vec<T>,
     du: Vec<T>,
+    /// The gradient of a frozen norm's weight, computed and dropped.
+    dnorm: Vec<T>,
 }
 
 fn zeros<T: Float>(n: usize) -> Vec<T> {
@@ -109,6 +115,7 @@ impl<T: Float> Acts<T> {
             da: zeros(n * f),
             dg: zeros(n * f),
             du: zeros(n * f),
+            dnorm: zeros(d),
         }
     }
 }
@@ -127,13 +134,39 @@ pub fn host_memory_estimate(c: &ModelConfig, batch: usize, seq: usize) -> u128 {
     16 * c.checked_num_params() + 4 * (c.n_layers as u128 * per_block + scratch)
 }
 
-/// The model's parameters and gradients in flat buffers, plus activations.
+/// The model's parameters and gradients in flat buffers, plus activations. With LoRA the
+/// base is frozen: `grads` is empty and the adapter in `lora` holds what trains.
 pub struct Model<T: Float> {
     pub config: ModelConfig,
     pub layout: Layout,
     pub params: Vec<T>,
     pub grads: Vec<T>,
+    pub lora: Option<LoraState<T>>,
     acts: Acts<T>,
+}
+
+/// The gradient slice of a weight, or `None` where the base is frozen (no gradient buffer).
+fn wgrad<T>(g: &mut [T], off: usize, len: usize) -> Option<&mut [T]> {
+    (!g.is_empty()).then(|| &mut g[off..off + len])
+}
+
+/// [`linear_backward`], or only the input's gradient for a frozen weight (`dw` `None`): the
+/// weight-gradient product is skipped, which is where LoRA saves its time.
+#[allow(clippy::too_many_arguments)]
+fn linear_back<T: Float>(
+    dx: &mut [T],
+    dw: Option<&mut [T]>,
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    match dw {
+        Some(dw) => linear_backward(dx, dw, dy, x, w, n, in_dim, out_dim),
+        None => linear_backward_input(dx, dy, w, n, in_dim, out_dim),
+    }
 }
 
 fn cast<T: Float>(x: f64) -> T {
@@ -154,8 +187,51 @@ impl<T: Float> Model<T> {
             layout,
             params,
             grads,
+            lora: None,
             acts: Acts::default(),
         }
+    }
+
+    /// Freezes the base and trains the adapter `params` (laid out by `lora`'s
+    /// [`AdapterLayout`]) instead.
+    pub fn with_lora(mut self, lora: LoraConfig, params: Vec<T>) -> Self {
+        let layout = AdapterLayout::new(&self.config, &lora);
+        assert_eq!(
+            params.len(),
+            layout.len(),
+            "adapter buffer does not match its layout"
+        );
+        self.grads = Vec::new();
+        self.lora = Some(LoraState::new(lora, layout, params, self.config.n_layers));
+        self
+    }
+
+    /// What trains (the whole model, or the adapter) and its gradients.
+    pub fn trainable(&mut self) -> (&mut Vec<T>, &mut Vec<T>) {
+        match &mut self.lora {
+            Some(s) => (&mut s.params, &mut s.grads),
+            None => (&mut self.params, &mut self.grads),
+        }
+    }
+
+    pub fn trainable_params(&self) -> &[T] {
+        self.lora.as_ref().map_or(&self.params, |s| &s.params)
+    }
+
+    pub fn trainable_grads(&self) -> &[T] {
+        self.lora.as_ref().map_or(&self.grads, |s| &s.grads)
+    }
+
+    /// The LM head's weights the forward pass uses: a trained copy, or the base's.
+    fn lm_head(&self) -> &[T] {
+        let (lm, vd) = (
+            self.layout.lm_head,
+            self.config.vocab_size * self.config.dim,
+        );
+        self.lora
+            .as_ref()
+            .and_then(|s| s.lm_head())
+            .unwrap_or(&self.params[lm..lm + vd])
     }
 
     fn ensure_acts(&mut self, batch: usize, seq: usize) {
@@ -178,18 +254,26 @@ impl<T: Float> Model<T> {
         let p = &self.params;
         let l = &self.layout;
         let acts = &mut self.acts;
+        let lora = &mut self.lora;
         let slice = |off: usize, len: usize| &p[off..off + len];
 
         // The residual stream enters block 0 as its `x_in`, and block i's output is block
         // i+1's `x_in` (or `x_out` after the last block).
+        let table = lora.as_ref().and_then(|s| s.embed());
         embedding_forward(
             &mut acts.blocks[0].x_in,
-            slice(l.embed, c.vocab_size * d),
+            table.unwrap_or(slice(l.embed, c.vocab_size * d)),
             tokens,
             d,
         );
         for i in 0..c.n_layers {
             let w = l.blocks[i];
+            // Each projection's adapter, if it has one, adds onto the base's output.
+            let mut adapt = |t: Target, y: &mut [T], x: &[T]| {
+                if let Some(s) = lora.as_mut() {
+                    s.forward(i, t, y, x, n);
+                }
+            };
             let (done, rest) = acts.blocks.split_at_mut(i + 1);
             let b = &mut done[i];
             rmsnorm_forward(
@@ -202,8 +286,11 @@ impl<T: Float> Model<T> {
                 eps,
             );
             linear_forward(&mut b.q, &b.h1, slice(w.wq, qd * d), n, d, qd);
+            adapt(Target::QProj, &mut b.q, &b.h1);
             linear_forward(&mut b.k, &b.h1, slice(w.wk, kvd * d), n, d, kvd);
+            adapt(Target::KProj, &mut b.k, &b.h1);
             linear_forward(&mut b.v, &b.h1, slice(w.wv, kvd * d), n, d, kvd);
+            adapt(Target::VProj, &mut b.v, &b.h1);
             rope_forward(&mut b.q, batch, seq, nh, hd, c.rope_theta);
             rope_forward(&mut b.k, batch, seq, nkv, hd, c.rope_theta);
             attention_forward(
@@ -219,6 +306,7 @@ impl<T: Float> Model<T> {
                 hd,
             );
             linear_forward(&mut b.x_mid, &b.att, slice(w.wo, d * qd), n, qd, d);
+            adapt(Target::OProj, &mut b.x_mid, &b.att);
             add_inplace(&mut b.x_mid, &b.x_in);
             rmsnorm_forward(
                 &mut b.h2,
@@ -230,13 +318,16 @@ impl<T: Float> Model<T> {
                 eps,
             );
             linear_forward(&mut b.g, &b.h2, slice(w.w_gate, f * d), n, d, f);
+            adapt(Target::GateProj, &mut b.g, &b.h2);
             linear_forward(&mut b.u, &b.h2, slice(w.w_up, f * d), n, d, f);
+            adapt(Target::UpProj, &mut b.u, &b.h2);
             swiglu_forward(&mut b.a, &b.g, &b.u);
             let out = match rest.first_mut() {
                 Some(next) => &mut next.x_in,
                 None => &mut acts.x_out,
             };
             linear_forward(out, &b.a, slice(w.w_down, d * f), n, f, d);
+            adapt(Target::DownProj, out, &b.a);
             add_inplace(out, &b.x_mid);
         }
         rmsnorm_forward(
@@ -277,23 +368,30 @@ impl<T: Float> Model<T> {
         // straight back into d(hf) and d(W_lm).
         let mut loss = T::zero();
         let acts = &mut self.acts;
+        // The head's weights and where their gradient goes: the base's, or a trained copy's
+        // (`--lora-save lm_head`), or nowhere when it is frozen.
+        let (head, mut dhead): (&[T], Option<&mut [T]>) = match self.lora.as_mut() {
+            Some(s) => match s.layout.lm_head {
+                Some(off) => (
+                    &s.params[off..off + v * d],
+                    Some(&mut s.grads[off..off + v * d]),
+                ),
+                None => (&self.params[lm..lm + v * d], None),
+            },
+            None => (
+                &self.params[lm..lm + v * d],
+                Some(&mut self.grads[lm..lm + v * d]),
+            ),
+        };
         for r0 in (0..n).step_by(LM_HEAD_ROWS) {
             let rows = LM_HEAD_ROWS.min(n - r0);
             let logits = &mut acts.logits[..rows * v];
             let hf = &acts.hf[r0 * d..(r0 + rows) * d];
-            linear_forward(logits, hf, &self.params[lm..lm + v * d], rows, d, v);
+            linear_forward(logits, hf, head, rows, d, v);
             loss = loss + cross_entropy(logits, &targets[r0..r0 + rows], rows, v, scale);
             if grad_scale.is_some() {
-                linear_backward(
-                    &mut acts.dh[r0 * d..(r0 + rows) * d],
-                    &mut self.grads[lm..lm + v * d],
-                    logits,
-                    hf,
-                    &self.params[lm..lm + v * d],
-                    rows,
-                    d,
-                    v,
-                );
+                let dh = &mut acts.dh[r0 * d..(r0 + rows) * d];
+                linear_back(dh, dhead.as_deref_mut(), logits, hf, head, rows, d, v);
             }
         }
         if grad_scale.is_some() {
@@ -302,7 +400,9 @@ impl<T: Float> Model<T> {
         loss / count
     }
 
-    /// Backward from `acts.dh` (gradient w.r.t. the final norm's output) to every parameter.
+    /// Backward from `acts.dh` (gradient w.r.t. the final norm's output) to every parameter
+    /// that trains: the whole model's, or the adapter's (the base's weight gradients are
+    /// then skipped, its input gradients still flow).
     fn backward_trunk(&mut self, tokens: &[u32], batch: usize, seq: usize) {
         let c = &self.config;
         let (n, d, f, hd) = (batch * seq, c.dim, c.ffn_dim, c.head_dim());
@@ -312,11 +412,13 @@ impl<T: Float> Model<T> {
         let p = &self.params;
         let g = &mut self.grads;
         let a = &mut self.acts;
+        let lora = &mut self.lora;
         let w = |off: usize, len: usize| &p[off..off + len];
 
+        let dw = wgrad(g, l.final_norm, d).unwrap_or(&mut a.dnorm);
         rmsnorm_backward(
             &mut a.dx,
-            &mut g[l.final_norm..l.final_norm + d],
+            dw,
             &a.dh,
             &a.x_out,
             w(l.final_norm, d),
@@ -327,116 +429,60 @@ impl<T: Float> Model<T> {
         for i in (0..c.n_layers).rev() {
             let o = l.blocks[i];
             let b = &a.blocks[i];
+            let mut adapt = |t: Target, dx: &mut [T], dy: &[T], x: &[T]| {
+                if let Some(s) = lora.as_mut() {
+                    s.backward(i, t, dx, dy, x, n);
+                }
+            };
             // a.dx: gradient w.r.t. this block's output = x_mid + mlp(x_mid).
-            linear_backward(
-                &mut a.da,
-                &mut g[o.w_down..o.w_down + d * f],
-                &a.dx,
-                &b.a,
-                w(o.w_down, d * f),
-                n,
-                f,
-                d,
-            );
+            let dw = wgrad(g, o.w_down, d * f);
+            linear_back(&mut a.da, dw, &a.dx, &b.a, w(o.w_down, d * f), n, f, d);
+            adapt(Target::DownProj, &mut a.da, &a.dx, &b.a);
             swiglu_backward(&mut a.dg, &mut a.du, &a.da, &b.g, &b.u);
-            linear_backward(
-                &mut a.dh,
-                &mut g[o.w_gate..o.w_gate + f * d],
-                &a.dg,
-                &b.h2,
-                w(o.w_gate, f * d),
-                n,
-                d,
-                f,
-            );
-            linear_backward(
-                &mut a.dh_tmp,
-                &mut g[o.w_up..o.w_up + f * d],
-                &a.du,
-                &b.h2,
-                w(o.w_up, f * d),
-                n,
-                d,
-                f,
-            );
+            let dw = wgrad(g, o.w_gate, f * d);
+            linear_back(&mut a.dh, dw, &a.dg, &b.h2, w(o.w_gate, f * d), n, d, f);
+            adapt(Target::GateProj, &mut a.dh, &a.dg, &b.h2);
+            let dw = wgrad(g, o.w_up, f * d);
+            linear_back(&mut a.dh_tmp, dw, &a.du, &b.h2, w(o.w_up, f * d), n, d, f);
+            adapt(Target::UpProj, &mut a.dh_tmp, &a.du, &b.h2);
             add_inplace(&mut a.dh, &a.dh_tmp);
-            rmsnorm_backward(
-                &mut a.dx2,
-                &mut g[o.mlp_norm..o.mlp_norm + d],
-                &a.dh,
-                &b.x_mid,
-                w(o.mlp_norm, d),
-                &b.rstd2,
-                n,
-                d,
-            );
+            let dw = wgrad(g, o.mlp_norm, d).unwrap_or(&mut a.dnorm);
+            let norm = w(o.mlp_norm, d);
+            rmsnorm_backward(&mut a.dx2, dw, &a.dh, &b.x_mid, norm, &b.rstd2, n, d);
             add_inplace(&mut a.dx2, &a.dx); // a.dx2: gradient w.r.t. x_mid
-            linear_backward(
-                &mut a.datt,
-                &mut g[o.wo..o.wo + d * qd],
-                &a.dx2,
-                &b.att,
-                w(o.wo, d * qd),
-                n,
-                qd,
-                d,
-            );
+            let dw = wgrad(g, o.wo, d * qd);
+            linear_back(&mut a.datt, dw, &a.dx2, &b.att, w(o.wo, d * qd), n, qd, d);
+            adapt(Target::OProj, &mut a.datt, &a.dx2, &b.att);
             attention_backward(
                 &mut a.dq, &mut a.dk, &mut a.dv, &a.datt, &b.probs, &b.q, &b.k, &b.v, batch, seq,
                 nh, nkv, hd,
             );
             rope_backward(&mut a.dq, batch, seq, nh, hd, c.rope_theta);
             rope_backward(&mut a.dk, batch, seq, nkv, hd, c.rope_theta);
-            linear_backward(
-                &mut a.dh,
-                &mut g[o.wq..o.wq + qd * d],
-                &a.dq,
-                &b.h1,
-                w(o.wq, qd * d),
-                n,
-                d,
-                qd,
-            );
-            linear_backward(
-                &mut a.dh_tmp,
-                &mut g[o.wk..o.wk + kvd * d],
-                &a.dk,
-                &b.h1,
-                w(o.wk, kvd * d),
-                n,
-                d,
-                kvd,
-            );
+            let dw = wgrad(g, o.wq, qd * d);
+            linear_back(&mut a.dh, dw, &a.dq, &b.h1, w(o.wq, qd * d), n, d, qd);
+            adapt(Target::QProj, &mut a.dh, &a.dq, &b.h1);
+            let dw = wgrad(g, o.wk, kvd * d);
+            linear_back(&mut a.dh_tmp, dw, &a.dk, &b.h1, w(o.wk, kvd * d), n, d, kvd);
+            adapt(Target::KProj, &mut a.dh_tmp, &a.dk, &b.h1);
             add_inplace(&mut a.dh, &a.dh_tmp);
-            linear_backward(
-                &mut a.dh_tmp,
-                &mut g[o.wv..o.wv + kvd * d],
-                &a.dv,
-                &b.h1,
-                w(o.wv, kvd * d),
-                n,
-                d,
-                kvd,
-            );
+            let dw = wgrad(g, o.wv, kvd * d);
+            linear_back(&mut a.dh_tmp, dw, &a.dv, &b.h1, w(o.wv, kvd * d), n, d, kvd);
+            adapt(Target::VProj, &mut a.dh_tmp, &a.dv, &b.h1);
             add_inplace(&mut a.dh, &a.dh_tmp);
-            rmsnorm_backward(
-                &mut a.dx,
-                &mut g[o.attn_norm..o.attn_norm + d],
-                &a.dh,
-                &b.x_in,
-                w(o.attn_norm, d),
-                &b.rstd1,
-                n,
-                d,
-            );
+            let dw = wgrad(g, o.attn_norm, d).unwrap_or(&mut a.dnorm);
+            let norm = w(o.attn_norm, d);
+            rmsnorm_backward(&mut a.dx, dw, &a.dh, &b.x_in, norm, &b.rstd1, n, d);
             add_inplace(&mut a.dx, &a.dx2); // a.dx: gradient w.r.t. x_in = previous block's output
         }
-        embedding_backward(
-            &mut g[l.embed..l.embed + c.vocab_size * d],
-            &a.dx,
-            tokens,
-            d,
-        );
+        let table = c.vocab_size * d;
+        let dtable = match lora.as_mut() {
+            Some(s) => s.layout.embed.map(|e| &mut s.grads[e..e + table]),
+            None => Some(&mut g[l.embed..l.embed + table]),
+        };
+        if let Some(dtable) = dtable {
+            embedding_backward(dtable, &a.dx, tokens, d);
+        }
     }
 
     /// Logits `[tokens.len(), vocab]` of one sequence.
@@ -444,16 +490,8 @@ impl<T: Float> Model<T> {
         let seq = tokens.len();
         self.forward_trunk(tokens, 1, seq);
         let (d, v) = (self.config.dim, self.config.vocab_size);
-        let lm = self.layout.lm_head;
         let mut out = zeros(seq * v);
-        linear_forward(
-            &mut out,
-            &self.acts.hf,
-            &self.params[lm..lm + v * d],
-            seq,
-            d,
-            v,
-        );
+        linear_forward(&mut out, &self.acts.hf, self.lm_head(), seq, d, v);
         out
     }
 }
@@ -472,6 +510,10 @@ pub struct CpuEngine {
     comm: Box<dyn Collective>,
     /// How ZeRO-1 shards the optimizer state, when it is on.
     zero: Option<Shards>,
+    /// With LoRA: the seed of the dropout masks, and the micro-batches of this step so far
+    /// (each gets its own masks, the same ones on a resumed run).
+    dropout_seed: u64,
+    micro: u64,
 }
 
 impl CpuEngine {
@@ -488,14 +530,47 @@ impl CpuEngine {
             step: 0,
             comm: Box::new(Solo),
             zero: None,
+            dropout_seed: 0,
+            micro: 0,
         })
+    }
+
+    /// Freezes the base and trains a LoRA adapter starting from `adapter` (in the
+    /// [`AdapterLayout`] of `lora`); `seed` fixes its dropout masks. Call before
+    /// [`CpuEngine::with_collective`].
+    pub fn with_lora(
+        mut self,
+        lora: LoraConfig,
+        adapter: Vec<f32>,
+        seed: u64,
+    ) -> Result<CpuEngine> {
+        if let Err(e) = lora.validate(&self.model.config) {
+            bail!("{e}");
+        }
+        let layout = AdapterLayout::new(&self.model.config, &lora);
+        if adapter.len() != layout.len() {
+            bail!(
+                "{} adapter parameters given, the adapter has {}",
+                adapter.len(),
+                layout.len()
+            );
+        }
+        let n = layout.len();
+        self.decay = super::optim::decay_mask_of(&layout.tensors, n);
+        self.exp_avg = vec![0.0; n];
+        self.exp_avg_sq = vec![0.0; n];
+        let config = self.model.config.clone();
+        let base = std::mem::take(&mut self.model.params);
+        self.model = Model::new(config, base).with_lora(lora, adapter);
+        self.dropout_seed = seed;
+        Ok(self)
     }
 
     /// Trains as one rank of `comm`'s world: gradients are averaged over the ranks before
     /// clipping, and with `zero` each rank keeps the AdamW moments of its shard only
     /// (reduce-scatter the gradients, update the shard, all-gather the parameters).
     pub fn with_collective(mut self, comm: Box<dyn Collective>, zero: bool) -> CpuEngine {
-        let n = self.model.params.len();
+        let n = self.model.trainable_params().len();
         self.zero = zero.then(|| Shards::new(n, comm.world()));
         let owned = self.owned().len();
         self.exp_avg = vec![0.0; owned];
@@ -508,7 +583,7 @@ impl CpuEngine {
     fn owned(&self) -> std::ops::Range<usize> {
         match self.zero {
             Some(s) => s.range(self.comm.rank()),
-            None => 0..self.model.params.len(),
+            None => 0..self.model.trainable_params().len(),
         }
     }
 
@@ -516,7 +591,7 @@ impl CpuEngine {
     /// model's buffer, or under ZeRO-1 into the returned shard of the owned parameters.
     fn average_grads(&mut self) -> Result<(Option<Vec<f32>>, f32)> {
         let inv = 1.0 / self.comm.world() as f32;
-        let grads = &mut self.model.grads;
+        let (_, grads) = self.model.trainable();
         if let Some(shards) = self.zero {
             grads.resize(shards.padded(), 0.0);
             let mut shard = vec![0.0f32; shards.shard];
@@ -536,9 +611,21 @@ impl CpuEngine {
         Ok((None, global_norm(grads)))
     }
 
-    /// The accumulated gradients (for tests).
+    /// The accumulated gradients of what trains (for tests).
     pub fn grads(&self) -> &[f32] {
-        &self.model.grads
+        self.model.trainable_grads()
+    }
+
+    /// Sets the dropout masks of the next pass: a training pass gets masks of its own (by
+    /// rank, step and micro-batch), evaluation none.
+    fn dropout_for(&mut self, training: bool) {
+        let key = [self.comm.rank() as u64, self.step, self.micro];
+        let seed = key
+            .iter()
+            .fold(self.dropout_seed, |h, &k| Rng(h ^ k).next_u64());
+        if let Some(s) = self.model.lora.as_mut() {
+            s.set_dropout(training.then_some(seed));
+        }
     }
 }
 
@@ -553,15 +640,19 @@ impl Engine for CpuEngine {
 
     fn forward_backward(&mut self, batch: &Batch, grad_scale: f32) -> Result<f32> {
         batch.check(self.model.config.vocab_size)?;
+        self.dropout_for(true);
+        self.micro += 1;
         Ok(self.model.forward_backward(batch, Some(grad_scale)))
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<f32> {
         batch.check(self.model.config.vocab_size)?;
+        self.dropout_for(false);
         Ok(self.model.forward_backward(batch, None))
     }
 
     fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.dropout_for(false);
         Batch {
             tokens,
             batch: 1,
@@ -572,6 +663,9 @@ impl Engine for CpuEngine {
     }
 
     fn begin_sequence(&mut self, capacity: usize) -> Result<()> {
+        if self.model.lora.is_some() {
+            bail!("the key/value cache runs the base model only; merge the adapter first (train merge)");
+        }
         let c = &self.model.config;
         super::check_capacity(c, capacity)?;
         let kv_width = c.n_kv_heads * c.head_dim();
@@ -590,7 +684,7 @@ impl Engine for CpuEngine {
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32> {
         let (shard, norm) = self.average_grads()?;
         if !norm.is_finite() {
-            self.model.grads.fill(0.0);
+            self.model.trainable().1.fill(0.0);
             bail!("the gradient norm is {norm}; the step was not applied (try a lower --lr or a --grad-clip)");
         }
         // As torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1.
@@ -599,10 +693,12 @@ impl Engine for CpuEngine {
             None => 1.0,
         };
         self.step += 1;
+        self.micro = 0;
         let owned = self.owned();
+        let (params, grads) = self.model.trainable();
         adamw_step(
-            &mut self.model.params[owned.clone()],
-            shard.as_deref().unwrap_or(&self.model.grads),
+            &mut params[owned.clone()],
+            shard.as_deref().unwrap_or(grads),
             &mut self.exp_avg,
             &mut self.exp_avg_sq,
             &self.decay[owned.clone()],
@@ -611,28 +707,30 @@ impl Engine for CpuEngine {
             scale,
             self.step,
         );
-        self.model.grads.fill(0.0);
+        let (params, grads) = self.model.trainable();
+        grads.fill(0.0);
         if let Some(shards) = self.zero {
-            let full = gather_shards(self.comm.as_mut(), shards, &self.model.params[owned])?;
-            self.model.params.copy_from_slice(&full);
+            let full = gather_shards(self.comm.as_mut(), shards, &params[owned])?;
+            self.model.trainable().0.copy_from_slice(&full);
         }
         self.cache = None;
         Ok(norm)
     }
 
     fn params(&mut self) -> Result<Vec<f32>> {
-        Ok(self.model.params.clone())
+        Ok(self.model.trainable_params().to_vec())
     }
 
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
-        if params.len() != self.model.params.len() {
+        let own = self.model.trainable().0;
+        if params.len() != own.len() {
             bail!(
                 "{} parameters given, the model has {}",
                 params.len(),
-                self.model.params.len()
+                own.len()
             );
         }
-        self.model.params.copy_from_slice(params);
+        own.copy_from_slice(params);
         // Keys and values cached under the old weights would be wrong now.
         self.cache = None;
         Ok(())
@@ -654,7 +752,7 @@ impl Engine for CpuEngine {
     }
 
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()> {
-        let n = self.model.params.len();
+        let n = self.model.trainable_params().len();
         if state.exp_avg.len() != n || state.exp_avg_sq.len() != n {
             bail!(
                 "optimizer state holds {} values, the model has {n} parameters",
@@ -779,6 +877,124 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn lora_config(targets: &str, save: &str, dropout: f64) -> LoraConfig {
+        let (targets, save) = LoraConfig::parse_lists(targets, save).unwrap();
+        LoraConfig {
+            rank: 3,
+            alpha: 5.0,
+            dropout,
+            rslora: false,
+            targets,
+            save,
+        }
+    }
+
+    /// The adapter's gradient (A, B and the whole saved modules) against central finite
+    /// differences in f64, with a random adapter (B ≠ 0, so A's gradient is not zero), with
+    /// and without dropout (the masks are a function of the seed, so the loss is too), tied
+    /// and untied. The frozen base gets no gradient buffer at all. Tolerance as for the
+    /// whole model.
+    #[test]
+    fn adapter_gradient_matches_finite_differences() {
+        let cases = [
+            (false, "embed_tokens,lm_head", 0.0, None),
+            (true, "lm_head", 0.25, Some(9)),
+            (true, "", 0.0, None),
+        ];
+        for (tie, save, dropout, seed) in cases {
+            let c = ModelConfig {
+                tie_embeddings: tie,
+                ..small_config()
+            };
+            let base = random_params(&c, 7);
+            let lora = lora_config(crate::lora::DEFAULT_TARGETS, save, dropout);
+            let al = AdapterLayout::new(&c, &lora);
+            let mut rng = Rng(21);
+            let adapter: Vec<f64> = (0..al.len()).map(|_| rng.normal() * 0.5).collect();
+            let toks = tokens(2 * 5, c.vocab_size, 3);
+            let batch = Batch {
+                tokens: &toks,
+                batch: 2,
+                seq: 5,
+            };
+            let model_with = |adapter: Vec<f64>| {
+                let mut m =
+                    Model::<f64>::new(c.clone(), base.clone()).with_lora(lora.clone(), adapter);
+                m.lora.as_mut().unwrap().set_dropout(seed);
+                m
+            };
+            let mut model = model_with(adapter.clone());
+            model.forward_backward(&batch, Some(1.0));
+            assert!(model.grads.is_empty());
+            let grads = model.trainable_grads().to_vec();
+            for t in &al.tensors {
+                for _ in 0..4 {
+                    let i = t.offset + (rng.next_u64() % t.len as u64) as usize;
+                    let h = 1e-6;
+                    let loss_at = |delta: f64| {
+                        let mut p = adapter.clone();
+                        p[i] += delta;
+                        model_with(p).forward_backward(&batch, None)
+                    };
+                    let numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+                    let err = (numeric - grads[i]).abs();
+                    let scale = numeric.abs().max(grads[i].abs());
+                    assert!(
+                        err <= 1e-6 * scale + 1e-9,
+                        "tied={tie} dropout={dropout} {} [{}]: analytic {} numeric {numeric}",
+                        t.name,
+                        i - t.offset,
+                        grads[i]
+                    );
+                }
+            }
+        }
+    }
+
+    /// At step 0 (B zero) the adapted model is the base model: the same loss to the bit and
+    /// the same logits; training moves the adapter and never the base.
+    #[test]
+    fn a_fresh_adapter_computes_the_base_model() {
+        let c = small_config();
+        let layout = Layout::new(&c);
+        let base = init_params(&c, &layout, 3);
+        let lora = lora_config("q_proj,v_proj,down_proj", "lm_head", 0.1);
+        let adapter = AdapterLayout::new(&c, &lora).init(&base, &layout, 4);
+        let mut plain = CpuEngine::new(c.clone(), base.clone()).unwrap();
+        let mut adapted = CpuEngine::new(c.clone(), base.clone())
+            .unwrap()
+            .with_lora(lora, adapter.clone(), 0)
+            .unwrap();
+        let toks = tokens(2 * 8, c.vocab_size, 5);
+        let b = Batch {
+            tokens: &toks,
+            batch: 2,
+            seq: 8,
+        };
+        assert_eq!(
+            plain.loss(&b).unwrap().to_bits(),
+            adapted.loss(&b).unwrap().to_bits()
+        );
+        assert_eq!(
+            plain.logits(&toks[..8]).unwrap(),
+            adapted.logits(&toks[..8]).unwrap()
+        );
+        assert!(adapted
+            .begin_sequence(8)
+            .unwrap_err()
+            .to_string()
+            .contains("train merge"));
+        for _ in 0..3 {
+            adapted.forward_backward(&b, 1.0).unwrap();
+            adapted.step(&AdamW::default(), 1e-2, Some(1.0)).unwrap();
+        }
+        assert_eq!(adapted.model.params, base, "the base moved");
+        let trained = adapted.params().unwrap();
+        assert_eq!(trained.len(), adapter.len());
+        assert_ne!(trained, adapter);
+        assert!(adapted.loss(&b).unwrap() < plain.loss(&b).unwrap());
     }
 
     #[test]

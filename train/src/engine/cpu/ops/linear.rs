@@ -125,6 +125,21 @@ pub fn linear_forward<T: Float>(
     par_matmul(n, out_dim, in_dim, y, x, in_dim, 1, w, 1, in_dim, false);
 }
 
+/// `y[n,out] += x[n,in] · w[out,in]ᵀ` (accumulates: a LoRA path adds onto the base's output).
+pub fn linear_forward_add<T: Float>(
+    y: &mut [T],
+    x: &[T],
+    w: &[T],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    assert_eq!(y.len(), n * out_dim, "linear_forward_add: y shape");
+    assert_eq!(x.len(), n * in_dim, "linear_forward_add: x shape");
+    assert_eq!(w.len(), out_dim * in_dim, "linear_forward_add: w shape");
+    par_matmul(n, out_dim, in_dim, y, x, in_dim, 1, w, 1, in_dim, true);
+}
+
 /// `dx = dy · w` (overwrites `dx`), `dw += dyᵀ · x` (accumulates into `dw`).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward<T: Float>(
@@ -137,12 +152,37 @@ pub fn linear_backward<T: Float>(
     in_dim: usize,
     out_dim: usize,
 ) {
+    linear_backward_input(dx, dy, w, n, in_dim, out_dim);
+    linear_backward_weight(dw, dy, x, n, in_dim, out_dim);
+}
+
+/// `dx = dy · w` (overwrites `dx`): the input's gradient alone, for a frozen weight.
+pub fn linear_backward_input<T: Float>(
+    dx: &mut [T],
+    dy: &[T],
+    w: &[T],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
     assert_eq!(dx.len(), n * in_dim, "linear_backward: dx shape");
+    assert_eq!(dy.len(), n * out_dim, "linear_backward: dy shape");
+    assert_eq!(w.len(), out_dim * in_dim, "linear_backward: w shape");
+    par_matmul(n, in_dim, out_dim, dx, dy, out_dim, 1, w, in_dim, 1, false);
+}
+
+/// `dw += dyᵀ · x` (accumulates into `dw`): the weight's gradient alone.
+pub fn linear_backward_weight<T: Float>(
+    dw: &mut [T],
+    dy: &[T],
+    x: &[T],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
     assert_eq!(dw.len(), out_dim * in_dim, "linear_backward: dw shape");
     assert_eq!(dy.len(), n * out_dim, "linear_backward: dy shape");
     assert_eq!(x.len(), n * in_dim, "linear_backward: x shape");
-    assert_eq!(w.len(), out_dim * in_dim, "linear_backward: w shape");
-    par_matmul(n, in_dim, out_dim, dx, dy, out_dim, 1, w, in_dim, 1, false);
     // a = dyᵀ: element (o, r) is dy[r, o]. The reduction over the n rows stays inside one
     // gemm call per tile, so its order is fixed.
     par_matmul(out_dim, in_dim, n, dw, dy, 1, out_dim, x, in_dim, 1, true);
