@@ -153,6 +153,27 @@ pub struct TrainArgs {
     /// Start from the weights of a Hugging Face Llama directory.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
+    /// Train a LoRA adapter of this rank on the frozen --init-from model instead of the whole
+    /// model; checkpoints are PEFT adapter directories.
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA's α: the adapter's product is scaled by α/r (default 8, as PEFT's).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the adapters' inputs while training (default 0).
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// Layers that get adapters, comma-separated (default every linear layer:
+    /// q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
+    #[arg(long)]
+    pub lora_targets: Option<String>,
+    /// Modules trained whole and saved with the adapter (PEFT's modules_to_save):
+    /// embed_tokens, lm_head, comma-separated.
+    #[arg(long)]
+    pub lora_save: Option<String>,
+    /// Scale the adapters by α/√r (rsLoRA) instead of α/r.
+    #[arg(long)]
+    pub rslora: bool,
     /// Check every shard's checksum before training.
     #[arg(long)]
     pub verify_data: bool,

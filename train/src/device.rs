@@ -19,7 +19,7 @@ use crate::collective::{host_backend, DataParallel};
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cuda::{CudaEngine, Precision};
 pub use crate::engine::AttentionKernels;
-use crate::engine::Engine;
+use crate::engine::{Adapter, Engine, Weights};
 use crate::launch::Launch;
 use crate::model::ModelConfig;
 
@@ -146,12 +146,16 @@ pub fn create(
     asked: DType,
     attention: AttentionKernels,
     config: ModelConfig,
-    params: Vec<f32>,
+    weights: Weights,
     dp: &DataParallel,
 ) -> Result<(Box<dyn Engine>, Option<String>)> {
     if !device.is_cuda() && attention != AttentionKernels::Auto {
         bail!("--attention {attention}: only the CUDA engine has a choice of attention kernels; leave it out, or use --device cuda");
     }
+    if device.is_cuda() && weights.adapter.is_some() {
+        bail!("--device {device}: LoRA training runs on the CPU engine only so far (the CUDA engine's adapter path is not written yet); use --device cpu");
+    }
+    let params = weights.base;
     match device {
         Device::Cuda(asked_ordinal) => {
             let ordinal = match &dp.launch {
@@ -190,7 +194,7 @@ pub fn create(
             if asked != DType::F32 {
                 bail!("--dtype {asked}: the CPU engine computes in f32 only; use --dtype f32 or --device cuda");
             }
-            Ok((cpu_engine(config, params, dp)?, None))
+            Ok((cpu_engine(config, params, weights.adapter, dp)?, None))
         }
         Device::Auto => {
             let why = match probe::cuda_device(0) {
@@ -205,7 +209,7 @@ pub fn create(
                 DType::Bf16 => "; in f32, as --dtype bf16 needs --device cuda",
             };
             Ok((
-                cpu_engine(config, params, dp)?,
+                cpu_engine(config, params, weights.adapter, dp)?,
                 Some(format!("notice: running on the CPU ({why}){ignored}")),
             ))
         }
@@ -243,8 +247,16 @@ pub fn rank_ordinal(asked: usize, launch: &Launch, count: usize) -> Result<usize
 }
 
 /// The CPU engine as one rank of `dp` (MPI between processes).
-fn cpu_engine(config: ModelConfig, params: Vec<f32>, dp: &DataParallel) -> Result<Box<dyn Engine>> {
-    let engine = CpuEngine::new(config, params)?;
+fn cpu_engine(
+    config: ModelConfig,
+    params: Vec<f32>,
+    adapter: Option<Adapter>,
+    dp: &DataParallel,
+) -> Result<Box<dyn Engine>> {
+    let mut engine = CpuEngine::new(config, params)?;
+    if let Some(a) = adapter {
+        engine = engine.with_lora(a.lora, a.params, a.seed)?;
+    }
     Ok(Box::new(engine.with_collective(host_backend(dp)?, dp.zero)))
 }
 
@@ -348,17 +360,31 @@ mod tests {
         let p = init_params(&c, &Layout::new(&c), 0);
         let auto = AttentionKernels::Auto;
         let one = DataParallel::default();
-        let (engine, notice) =
-            create(Device::Auto, DType::Bf16, auto, c.clone(), p.clone(), &one).unwrap();
+        let (engine, notice) = create(
+            Device::Auto,
+            DType::Bf16,
+            auto,
+            c.clone(),
+            p.clone().into(),
+            &one,
+        )
+        .unwrap();
         assert!(engine.name().starts_with("cpu"), "{}", engine.name());
         let notice = notice.unwrap();
         assert!(notice.contains("in f32"), "{notice}");
-        let e = create(Device::Cpu, DType::Bf16, auto, c.clone(), p.clone(), &one)
-            .err()
-            .unwrap();
+        let e = create(
+            Device::Cpu,
+            DType::Bf16,
+            auto,
+            c.clone(),
+            p.clone().into(),
+            &one,
+        )
+        .err()
+        .unwrap();
         assert!(format!("{e:#}").contains("f32 only"));
         let mma = AttentionKernels::Mma;
-        let e = create(Device::Cpu, DType::F32, mma, c, p, &one)
+        let e = create(Device::Cpu, DType::F32, mma, c, p.into(), &one)
             .err()
             .unwrap();
         assert!(format!("{e:#}").contains("--attention mma: only the CUDA engine"));

@@ -65,7 +65,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport> {
         e.dtype(),
         e.attention,
         model.config,
-        model.params,
+        model.params.into(),
         &crate::collective::DataParallel::default(),
     )?;
     if let Some(n) = notice {

@@ -224,7 +224,7 @@ pub fn run(args: &SampleArgs) -> Result<SampleOutput> {
         e.dtype(),
         e.attention,
         model.config,
-        model.params,
+        model.params.into(),
         &crate::collective::DataParallel::default(),
     )?;
     if let Some(n) = notice {

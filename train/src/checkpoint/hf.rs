@@ -102,6 +102,11 @@ pub fn write_model_dir(
         &dir.join("generation_config.json"),
         &json!({"bos_token_id": bos, "eos_token_id": eos}),
     )?;
+    write_tokenizer_files(dir, c, tok)
+}
+
+/// `tokenizer.json` and `tokenizer_config.json`, beside a model or an adapter.
+pub fn write_tokenizer_files(dir: &Path, c: &ModelConfig, tok: &TokenizerFiles) -> Result<()> {
     fs::write(dir.join("tokenizer.json"), tok.tokenizer_json)
         .context("cannot write tokenizer.json")?;
     let mut tc = json!({
@@ -279,7 +284,7 @@ fn weight_files(dir: &Path) -> Result<BTreeMap<String, String>> {
 }
 
 /// Converts a tensor's raw bytes to f32.
-fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+pub(crate) fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
         Dtype::F32 => data
             .chunks_exact(4)

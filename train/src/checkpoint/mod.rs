@@ -1,11 +1,13 @@
 //! Checkpoints: `checkpoints/step-NNNNNNN/` in the run directory, each a Hugging Face model
-//! directory plus the training state (`optimizer.safetensors`, `trainer_state.json`).
+//! directory (with LoRA, a PEFT adapter directory) plus the training state
+//! (`optimizer.safetensors`, `trainer_state.json`).
 //!
 //! A checkpoint is written into a hidden temporary directory and renamed into place, so a kill
 //! at any moment leaves either the previous set of checkpoints or the new one, never a partial
 //! directory under a `step-` name.
 
 pub mod hf;
+pub mod peft;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,10 @@ pub struct TrainerState {
     /// SHA-256 of the dataset's index.json: resuming on another dataset is refused.
     pub dataset_index_sha256: String,
     pub model: ModelConfig,
+    /// With LoRA: SHA-256 of the frozen base's weights ([`crate::lora::base_sha256`]);
+    /// resuming on another base is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_sha256: Option<String>,
 }
 
 pub fn step_dir_name(step: u64) -> String {
@@ -45,6 +51,16 @@ pub struct Checkpoint<'a> {
     pub optimizer: &'a OptimizerState,
     pub state: &'a TrainerState,
     pub tokenizer: &'a hf::TokenizerFiles<'a>,
+    /// With LoRA, `params` is the adapter and the directory a PEFT adapter directory.
+    pub adapter: Option<AdapterCheckpoint<'a>>,
+}
+
+/// What an adapter checkpoint says of itself besides its weights.
+pub struct AdapterCheckpoint<'a> {
+    pub lora: &'a crate::lora::LoraConfig,
+    /// The base model directory (`base_model_name_or_path`).
+    pub base: &'a Path,
+    pub base_sha256: &'a str,
 }
 
 fn write_optimizer(path: &Path, params: &[f32], opt: &OptimizerState) -> Result<()> {
@@ -122,7 +138,13 @@ pub fn save(checkpoints: &Path, ck: &Checkpoint) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let result = (|| -> Result<()> {
-        hf::write_model_dir(&tmp, ck.config, ck.params, ck.tokenizer)?;
+        match &ck.adapter {
+            Some(a) => {
+                peft::write_adapter_dir(&tmp, ck.config, a.lora, ck.params, a.base, a.base_sha256)?;
+                hf::write_tokenizer_files(&tmp, ck.config, ck.tokenizer)?;
+            }
+            None => hf::write_model_dir(&tmp, ck.config, ck.params, ck.tokenizer)?,
+        }
         write_optimizer(&tmp.join("optimizer.safetensors"), ck.params, ck.optimizer)?;
         let mut state = serde_json::to_string_pretty(ck.state)?;
         state.push('\n');

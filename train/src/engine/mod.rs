@@ -125,6 +125,64 @@ impl std::fmt::Display for AttentionKernels {
     }
 }
 
+/// What an engine starts from: the model's weights and, for LoRA, the adapter that trains
+/// while they stay frozen.
+pub struct Weights {
+    pub base: Vec<f32>,
+    pub adapter: Option<Adapter>,
+}
+
+/// A LoRA adapter to train: its options, its parameters in their
+/// [`crate::lora::AdapterLayout`], and the seed of its dropout masks.
+pub struct Adapter {
+    pub lora: crate::lora::LoraConfig,
+    pub params: Vec<f32>,
+    pub seed: u64,
+}
+
+impl From<Vec<f32>> for Weights {
+    fn from(base: Vec<f32>) -> Weights {
+        Weights {
+            base,
+            adapter: None,
+        }
+    }
+}
+
+/// An engine's estimate of the memory a run needs, in bytes, by what holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// The base model's weights (frozen with LoRA).
+    pub base: u128,
+    /// The adapters' parameters and gradients (with their master copies where kept).
+    pub adapters: u128,
+    /// AdamW's two moments of what trains.
+    pub optimizer: u128,
+    /// What the forward pass keeps for the backward pass, and scratch.
+    pub activations: u128,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u128 {
+        self.base + self.adapters + self.optimizer + self.activations
+    }
+}
+
+impl std::fmt::Display for MemoryEstimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        write!(
+            f,
+            "{:.2} GiB (base {:.2}, adapters {:.3}, optimizer {:.3}, activations {:.2})",
+            gib(self.total()),
+            gib(self.base),
+            gib(self.adapters),
+            gib(self.optimizer),
+            gib(self.activations)
+        )
+    }
+}
+
 /// AdamW state that a checkpoint must carry to resume exactly.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OptimizerState {
@@ -157,12 +215,13 @@ pub trait Engine {
     /// Clips the accumulated gradients to `grad_clip` global norm (if given), takes one AdamW
     /// step at `lr`, and zeroes the gradients. Returns the global norm before clipping.
     fn step(&mut self, opt: &AdamW, lr: f32, grad_clip: Option<f32>) -> Result<f32>;
-    /// Parameters as one flat f32 buffer in the model's [`crate::model::Layout`] (copied
-    /// from the device, which can fail, on a GPU). Under ZeRO-1 on the GPU the ranks gather
+    /// The parameters that train as one flat f32 buffer: the whole model in its
+    /// [`crate::model::Layout`], or with LoRA the adapter in its
+    /// [`crate::lora::AdapterLayout`] (copied from the device, which can fail, on a GPU). Under ZeRO-1 on the GPU the ranks gather
     /// their shards of the master weights, so every rank must call it.
     fn params(&mut self) -> Result<Vec<f32>>;
     fn set_params(&mut self, params: &[f32]) -> Result<()>;
-    /// The whole optimizer state in the model's layout; under ZeRO-1 the ranks gather their
+    /// The whole optimizer state in the layout of [`Engine::params`]; under ZeRO-1 the ranks gather their
     /// shards, so every rank must call it.
     fn optimizer_state(&mut self) -> Result<OptimizerState>;
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()>;

@@ -18,6 +18,21 @@ use crate::model::layout::BlockOffsets;
 use crate::model::ModelConfig;
 pub use layout::AdapterLayout;
 
+/// SHA-256 of a base model's weights as the engines see them: every tensor of its
+/// [`crate::model::Layout`] in order, as little-endian f32. It names the weights, whatever
+/// file sharding or dtype they were read from, so an adapter is refused on another base.
+pub fn base_sha256(params: &[f32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut bytes = Vec::with_capacity(4 << 16);
+    for chunk in params.chunks(1 << 16) {
+        bytes.clear();
+        bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+        h.update(&bytes);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A linear layer of a transformer block that can carry an adapter (PEFT's module names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

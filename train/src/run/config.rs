@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::TrainArgs;
 use crate::device::{AttentionKernels, DType, Device};
 use crate::engine::AdamW;
+use crate::lora::{LoraConfig, DEFAULT_TARGETS};
 use crate::model::ModelConfig;
 use crate::schedule::{Schedule, ScheduleKind};
 
@@ -53,6 +54,9 @@ pub struct RunConfig {
     /// ZeRO-1: the optimizer state sharded across the ranks.
     #[serde(default)]
     pub zero: bool,
+    /// LoRA: an adapter trains on the frozen `init_from` model.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
 
 fn one() -> usize {
@@ -116,6 +120,7 @@ pub fn resolve_ranks(
             data.train_blocks
         );
     }
+    let lora = lora_options(args, &model)?;
     let evaluate = evaluation(args, data.val_blocks, &mut notices)?;
     let steps = run_length(args, data.train_blocks, global, seq_len)?;
     let lr = args.lr.unwrap_or(1e-3);
@@ -165,8 +170,44 @@ pub fn resolve_ranks(
         init_from: args.init_from.clone(),
         world,
         zero: args.zero == Some(1),
+        lora,
     };
     Ok(Resolved { config, notices })
+}
+
+/// The LoRA options, when `--lora-rank` asks for an adapter.
+fn lora_options(args: &TrainArgs, model: &ModelConfig) -> Result<Option<LoraConfig>> {
+    let Some(rank) = args.lora_rank else {
+        let given = [
+            ("--lora-alpha", args.lora_alpha.is_some()),
+            ("--lora-dropout", args.lora_dropout.is_some()),
+            ("--lora-targets", args.lora_targets.is_some()),
+            ("--lora-save", args.lora_save.is_some()),
+            ("--rslora", args.rslora),
+        ];
+        if let Some((name, _)) = given.iter().find(|(_, g)| *g) {
+            bail!("{name} is an option of LoRA training; give --lora-rank too");
+        }
+        return Ok(None);
+    };
+    if args.init_from.is_none() {
+        bail!("--lora-rank trains an adapter on an existing model; give --init-from DIR (a Hugging Face Llama directory, or a checkpoint of a run)");
+    }
+    let (targets, save) = LoraConfig::parse_lists(
+        args.lora_targets.as_deref().unwrap_or(DEFAULT_TARGETS),
+        args.lora_save.as_deref().unwrap_or(""),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let lora = LoraConfig {
+        rank,
+        alpha: args.lora_alpha.unwrap_or(8.0),
+        dropout: args.lora_dropout.unwrap_or(0.0),
+        rslora: args.rslora,
+        targets,
+        save,
+    };
+    lora.validate(model).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Some(lora))
 }
 
 /// Whether any option that sets the model's shape was given.
@@ -529,6 +570,58 @@ mod tests {
             let e = resolve(&args(extra), &facts(4), None).unwrap_err();
             assert!(format!("{e:#}").contains(want), "{extra:?}: {e:#}");
         }
+    }
+
+    #[test]
+    fn lora_options_are_checked_against_the_base() {
+        let shape = ModelConfig::preset("tiny", 259).unwrap();
+        let lora = |extra: &[&str]| {
+            let mut a = vec!["--init-from", "base"];
+            a.extend_from_slice(extra);
+            resolve(&args(&a), &facts(4), Some(&shape)).map(|r| r.config.lora)
+        };
+        let l = lora(&["--lora-rank", "8", "--lora-save", "embed_tokens"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (l.rank, l.alpha, l.dropout, l.targets.len()),
+            (8, 8.0, 0.0, 7)
+        );
+        assert_eq!(l.save, [crate::lora::Saved::EmbedTokens]);
+        assert!(lora(&[]).unwrap().is_none());
+        let cases: &[(&[&str], &str)] = &[
+            (&["--lora-rank", "0"], "--lora-rank must be at least 1"),
+            (
+                &["--lora-rank", "33"],
+                "--lora-rank 33 is larger than 32 of k_proj",
+            ),
+            (
+                &["--lora-rank", "4", "--lora-targets", "q_proj,attn"],
+                "no module \"attn\"",
+            ),
+            (
+                &["--lora-rank", "4", "--lora-save", "norm"],
+                "--lora-save: \"norm\"",
+            ),
+            (
+                &["--lora-alpha", "16"],
+                "--lora-alpha is an option of LoRA training",
+            ),
+            (
+                &["--lora-rank", "4", "--lora-dropout", "1"],
+                "--lora-dropout must be in [0, 1)",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = lora(extra).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains(want) && !msg.contains('\n'),
+                "{extra:?}: {msg}"
+            );
+        }
+        let e = resolve(&args(&["--lora-rank", "4"]), &facts(4), None).unwrap_err();
+        assert!(format!("{e:#}").contains("give --init-from DIR"), "{e:#}");
     }
 
     #[test]

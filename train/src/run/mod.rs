@@ -20,6 +20,8 @@ use crate::checkpoint::{hf, TrainerState};
 use crate::cli::TrainArgs;
 use crate::collective::DataParallel;
 use crate::data::DataPosition;
+use crate::engine::{Adapter, Weights};
+use crate::lora::{base_sha256, AdapterLayout};
 use crate::model::{init::init_params, Layout};
 pub use config::RunConfig;
 use config::{DatasetFacts, Resolved};
@@ -92,15 +94,27 @@ fn run_rank(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
     }
     let mut config = start.config;
     let model = config.model.clone();
-    check_memory(&config)?;
+    check_memory(&config, leader)?;
     let params = start
         .params
         .unwrap_or_else(|| init_params(&model, &Layout::new(&model), config.seed));
+    let weights = match (&config.lora, start.base) {
+        (None, _) => params.into(),
+        (Some(lora), Some(base)) => Weights {
+            base,
+            adapter: Some(Adapter {
+                lora: lora.clone(),
+                params,
+                seed: config.seed,
+            }),
+        },
+        (Some(_), None) => bail!("a LoRA run without its base model's weights"),
+    };
     // The dtype asked for, so that `--device cpu --dtype bf16` is refused and `auto` says that
     // it computes in f32; config.dtype records the one used.
     let asked = args.dtype.unwrap_or(config.dtype);
     let (mut engine, notice) =
-        crate::device::create(config.device, asked, config.attention, model, params, dp)?;
+        crate::device::create(config.device, asked, config.attention, model, weights, dp)?;
     config.attention_kernels = engine.attention_kernels();
     if let Some(opt) = start.optimizer {
         engine.set_optimizer_state(opt)?;
@@ -151,12 +165,25 @@ fn facts(shards: &Path, index: &Index) -> Result<DatasetFacts> {
     })
 }
 
-/// A run from step 0: fresh weights, or those of `--init-from`.
+/// A run from step 0: fresh weights, or those of `--init-from`; with LoRA, those are the
+/// frozen base and a fresh adapter trains.
 fn fresh(config: RunConfig, args: &TrainArgs, index_sha: String) -> Result<resume::Start> {
     // The shape was read from the same config.json by the resolution.
     let params = match &args.init_from {
         Some(dir) => Some(hf::read_model_dir(dir)?.params),
         None => None,
+    };
+    let (params, base, base_sha) = match (&config.lora, params) {
+        (Some(lora), Some(base)) => {
+            let adapter = AdapterLayout::new(&config.model, lora).init(
+                &base,
+                &Layout::new(&config.model),
+                config.seed,
+            );
+            let sha = base_sha256(&base);
+            (Some(adapter), Some(base), Some(sha))
+        }
+        (_, params) => (params, None, None),
     };
     let state = TrainerState {
         step: 0,
@@ -167,11 +194,13 @@ fn fresh(config: RunConfig, args: &TrainArgs, index_sha: String) -> Result<resum
         best_val_loss: None,
         dataset_index_sha256: index_sha,
         model: config.model.clone(),
+        base_sha256: base_sha,
     };
     Ok(resume::Start {
         config,
         state,
         params,
+        base,
         optimizer: None,
     })
 }
@@ -188,9 +217,23 @@ fn write_config(config: &RunConfig) -> Result<()> {
 /// Refuses a run that cannot fit in the memory this machine has available (Linux
 /// `/proc/meminfo`), instead of aborting on an allocation later; the estimate is the
 /// engine's own.
-fn check_memory(config: &RunConfig) -> Result<()> {
+fn check_memory(config: &RunConfig, leader: bool) -> Result<()> {
     let (model, device) = (&config.model, config.device);
-    let need = device.host_memory_estimate(model, config.batch_size, config.seq_len);
+    let need = match &config.lora {
+        Some(lora) => {
+            let e = crate::engine::cpu::lora_memory_estimate(
+                model,
+                lora,
+                config.batch_size,
+                config.seq_len,
+            );
+            if leader {
+                eprintln!("notice: estimated memory: {e}");
+            }
+            e.total()
+        }
+        None => device.host_memory_estimate(model, config.batch_size, config.seq_len),
+    };
     let (what, advice) = if device.is_cuda() {
         ("this model's parameters need", "use a smaller model")
     } else {

@@ -17,7 +17,10 @@ use crate::engine::OptimizerState;
 pub struct Start {
     pub config: RunConfig,
     pub state: TrainerState,
+    /// What trains: the whole model, or with LoRA the adapter.
     pub params: Option<Vec<f32>>,
+    /// With LoRA, the frozen base model's weights.
+    pub base: Option<Vec<f32>>,
     pub optimizer: Option<OptimizerState>,
 }
 
@@ -103,12 +106,37 @@ pub fn load(
             opt.step
         );
     }
+    let base = match &resumed.lora {
+        Some(_) => Some(lora_base(dir, &resumed, &state)?),
+        None => None,
+    };
     Ok(Start {
         config: resumed,
         state,
         params: Some(params),
+        base,
         optimizer: Some(opt),
     })
+}
+
+/// The frozen base of a LoRA run, read again from its `init_from` directory, which must
+/// still hold the weights the adapter was trained on.
+fn lora_base(dir: &Path, config: &RunConfig, state: &TrainerState) -> Result<Vec<f32>> {
+    let base_dir = config
+        .init_from
+        .as_ref()
+        .context("--resume: the run's config.json has LoRA options but no init_from")?;
+    let base = crate::checkpoint::hf::read_model_dir(base_dir)?;
+    let sha = crate::lora::base_sha256(&base.params);
+    if state.base_sha256.as_deref() != Some(sha.as_str()) {
+        bail!(
+            "--resume: the adapter in {} was trained on other base weights than {} holds now (SHA-256 {} recorded, {sha} found); restore that base model",
+            dir.display(),
+            base_dir.display(),
+            state.base_sha256.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(base.params)
 }
 
 /// The world size is today's; so is the micro-batch where it was given, or wherever the

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::config::RunConfig;
-use crate::checkpoint::{self, hf, Checkpoint, TrainerState};
+use crate::checkpoint::{self, hf, AdapterCheckpoint, Checkpoint, TrainerState};
 use crate::data::{SplitBatches, TrainStream};
 use crate::engine::{Batch, Engine};
 use crate::metrics::Metrics;
@@ -288,14 +288,25 @@ impl Trainer<'_> {
             return Ok(None);
         }
         let checkpoints = self.checkpoints();
+        let c = self.config;
+        let adapter = match (&c.lora, &c.init_from, &self.state.base_sha256) {
+            (Some(lora), Some(base), Some(sha)) => Some(AdapterCheckpoint {
+                lora,
+                base,
+                base_sha256: sha,
+            }),
+            (Some(_), _, _) => bail!("a LoRA run without its base model's path and SHA-256"),
+            (None, _, _) => None,
+        };
         let path = checkpoint::save(
             &checkpoints,
             &Checkpoint {
-                config: &self.config.model,
+                config: &c.model,
                 params: &params,
                 optimizer: &opt,
                 state: &self.state,
                 tokenizer: self.tokenizer,
+                adapter,
             },
         )?;
         checkpoint::prune(&checkpoints, self.config.keep_last)?;

@@ -134,3 +134,19 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The one `error: …` line a refused run printed, after any `notice:` lines; panics (failing
+/// the test) when stderr holds anything else, or more than one error line.
+#[allow(dead_code)]
+pub fn the_error_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let rest: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("notice: "))
+        .collect();
+    assert!(
+        rest.len() == 1 && rest[0].starts_with("error: "),
+        "not one error line: {text}"
+    );
+    rest[0].to_string()
+}

@@ -123,6 +123,11 @@ impl<T: Float> Acts<T> {
 /// Bytes the CPU engine needs for a model and micro-batch shape: parameters, gradients and
 /// both AdamW moments (16 bytes each), plus the activations kept for the backward pass.
 pub fn host_memory_estimate(c: &ModelConfig, batch: usize, seq: usize) -> u128 {
+    16 * c.checked_num_params() + activation_bytes(c, batch, seq)
+}
+
+/// The activations and scratch of one micro-batch.
+fn activation_bytes(c: &ModelConfig, batch: usize, seq: usize) -> u128 {
     let n = (batch * seq) as u128;
     let (d, f) = (c.dim as u128, c.ffn_dim as u128);
     let hd = c.head_dim() as u128;
@@ -131,7 +136,34 @@ pub fn host_memory_estimate(c: &ModelConfig, batch: usize, seq: usize) -> u128 {
         + batch as u128 * c.n_heads as u128 * (seq as u128) * (seq as u128);
     let scratch =
         n * (5 * d + 2 * qd + 2 * kvd + 3 * f) + LM_HEAD_ROWS as u128 * c.vocab_size as u128;
-    16 * c.checked_num_params() + 4 * (c.n_layers as u128 * per_block + scratch)
+    4 * (c.n_layers as u128 * per_block + scratch)
+}
+
+/// The CPU engine's memory for a LoRA run: the frozen base in f32 without gradients or
+/// moments; the adapter's parameters, gradients and moments; the activations of the model
+/// plus, per adapted layer, `s·(x·Aᵀ)` (and the dropped-out input with dropout).
+pub fn lora_memory_estimate(
+    c: &ModelConfig,
+    lora: &LoraConfig,
+    batch: usize,
+    seq: usize,
+) -> super::MemoryEstimate {
+    let n = (batch * seq) as u128;
+    let trained = AdapterLayout::new(c, lora).len() as u128;
+    let mut kept = 0u128;
+    let mut widest = 0u128;
+    for t in &lora.targets {
+        let in_dim = t.dims(c).0 as u128;
+        widest = widest.max(in_dim);
+        kept += n * lora.rank as u128 + if lora.dropout > 0.0 { n * in_dim } else { 0 };
+    }
+    let scratch = n * (lora.rank as u128 + widest);
+    super::MemoryEstimate {
+        base: 4 * c.checked_num_params(),
+        adapters: 8 * trained,
+        optimizer: 8 * trained,
+        activations: activation_bytes(c, batch, seq) + 4 * (c.n_layers as u128 * kept + scratch),
+    }
 }
 
 /// The model's parameters and gradients in flat buffers, plus activations. With LoRA the
