@@ -30,6 +30,22 @@ pub enum Command {
     Sample(SampleArgs),
     /// Loss and perplexity of a checkpoint on a dataset with the same tokenizer.
     Eval(EvalArgs),
+    /// Fold a LoRA adapter into its base: a plain Hugging Face model directory.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// The base model directory the adapter was trained on (default: the adapter's
+    /// base_model_name_or_path). Its SHA-256 is checked against the adapter's record.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory (a LoRA run's checkpoint, or one PEFT wrote).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The merged model directory to create (must not exist); weights in the base's dtype.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]

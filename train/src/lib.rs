@@ -5,7 +5,7 @@
 //! - [`engine`]: the seam the loop talks to, AdamW, and the CPU engine with its ops.
 //! - [`data`]: epochs of shuffled blocks from the shards; [`schedule`]: learning rates.
 //! - [`checkpoint`]: Hugging Face model directories plus training state, saved atomically.
-//! - [`run`]: the training loop; [`sample`] and [`evaluate`]: the other subcommands.
+//! - [`run`]: the training loop; [`sample`], [`evaluate`] and [`merge`]: the other subcommands.
 
 pub mod checkpoint;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod engine;
 pub mod evaluate;
 pub mod launch;
 pub mod lora;
+pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod plot;

@@ -68,6 +68,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Some(Command::Merge(args)) => {
+            let m = ingot_train::merge::run(&args)?;
+            if !m.base_checked {
+                eprintln!("notice: the adapter records no SHA-256 of its base (PEFT wrote it, not ingot); {} was not checked against it", m.base.display());
+            }
+            println!(
+                "merged onto {} in {}: {}",
+                m.base.display(),
+                m.dtype.torch_name(),
+                m.out.display()
+            );
+        }
     }
     Ok(())
 }

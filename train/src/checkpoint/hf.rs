@@ -22,6 +22,57 @@ pub struct TokenizerFiles<'a> {
     pub eos: Option<(u32, String)>,
 }
 
+/// The number format of a model directory's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl WeightDtype {
+    /// The name `config.json` gives it (`torch_dtype`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            WeightDtype::F32 => "float32",
+            WeightDtype::Bf16 => "bfloat16",
+            WeightDtype::F16 => "float16",
+        }
+    }
+
+    fn safetensors(self) -> Dtype {
+        match self {
+            WeightDtype::F32 => Dtype::F32,
+            WeightDtype::Bf16 => Dtype::BF16,
+            WeightDtype::F16 => Dtype::F16,
+        }
+    }
+
+    fn of(dtype: Dtype) -> Option<WeightDtype> {
+        match dtype {
+            Dtype::F32 => Some(WeightDtype::F32),
+            Dtype::BF16 => Some(WeightDtype::Bf16),
+            Dtype::F16 => Some(WeightDtype::F16),
+            _ => None,
+        }
+    }
+
+    /// Little-endian bytes of `values` in this format, rounded to nearest even.
+    fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            WeightDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            WeightDtype::Bf16 => values
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+            WeightDtype::F16 => values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
 pub fn config_json(c: &ModelConfig, bos: Option<u32>, eos: Option<u32>) -> Value {
     json!({
         "architectures": ["LlamaForCausalLM"],
@@ -57,17 +108,27 @@ fn write_json(path: &Path, value: &Value) -> Result<()> {
     fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// f32 values as little-endian bytes.
-fn le_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// Writes a complete model directory into `dir` (which must exist).
+/// Writes a complete model directory into `dir` (which must exist), weights in f32.
 pub fn write_model_dir(
     dir: &Path,
     c: &ModelConfig,
     params: &[f32],
     tok: &TokenizerFiles,
+) -> Result<()> {
+    let (bos, eos) = (tok.bos.as_ref().map(|b| b.0), tok.eos.as_ref().map(|e| e.0));
+    write_weights_and_config(dir, c, params, WeightDtype::F32, bos, eos)?;
+    write_tokenizer_files(dir, c, tok)
+}
+
+/// `model.safetensors` in `dtype`, `config.json` and `generation_config.json`: a model
+/// directory but for its tokenizer files.
+pub fn write_weights_and_config(
+    dir: &Path,
+    c: &ModelConfig,
+    params: &[f32],
+    dtype: WeightDtype,
+    bos: Option<u32>,
+    eos: Option<u32>,
 ) -> Result<()> {
     let layout = Layout::new(c);
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = layout
@@ -77,7 +138,7 @@ pub fn write_model_dir(
             (
                 t.name.clone(),
                 t.shape.clone(),
-                le_bytes(&params[t.range()]),
+                dtype.encode(&params[t.range()]),
             )
         })
         .collect();
@@ -86,7 +147,7 @@ pub fn write_model_dir(
         .map(|(name, shape, data)| {
             Ok((
                 name.clone(),
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)?,
+                safetensors::tensor::TensorView::new(dtype.safetensors(), shape.clone(), data)?,
             ))
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
@@ -96,13 +157,13 @@ pub fn write_model_dir(
     safetensors::serialize_to_file(views, Some(meta), &path)
         .with_context(|| format!("cannot write {}", path.display()))?;
 
-    let (bos, eos) = (tok.bos.as_ref().map(|b| b.0), tok.eos.as_ref().map(|e| e.0));
-    write_json(&dir.join("config.json"), &config_json(c, bos, eos))?;
+    let mut config = config_json(c, bos, eos);
+    config["torch_dtype"] = json!(dtype.torch_name());
+    write_json(&dir.join("config.json"), &config)?;
     write_json(
         &dir.join("generation_config.json"),
         &json!({"bos_token_id": bos, "eos_token_id": eos}),
-    )?;
-    write_tokenizer_files(dir, c, tok)
+    )
 }
 
 /// `tokenizer.json` and `tokenizer_config.json`, beside a model or an adapter.
@@ -129,6 +190,8 @@ pub struct LoadedModel {
     pub params: Vec<f32>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+    /// The format its weights were stored in (f32 when tensors differ).
+    pub dtype: WeightDtype,
 }
 
 fn field<'a>(cfg: &'a Value, key: &str, path: &Path) -> Result<&'a Value> {
@@ -308,6 +371,7 @@ pub fn read_model_dir(dir: &Path) -> Result<LoadedModel> {
     let layout = Layout::new(&config);
     let files = weight_files(dir)?;
     let mut params = vec![0f32; layout.len()];
+    let mut dtypes = Vec::new();
     // Open each file once.
     let mut names: BTreeMap<String, Vec<&crate::model::Tensor>> = BTreeMap::new();
     for t in &layout.tensors {
@@ -344,13 +408,20 @@ pub fn read_model_dir(dir: &Path) -> Result<LoadedModel> {
                 )
             })?;
             params[t.range()].copy_from_slice(&values);
+            dtypes.extend(WeightDtype::of(view.dtype()));
         }
     }
+    dtypes.dedup();
+    let dtype = match dtypes.as_slice() {
+        [one] => *one,
+        _ => WeightDtype::F32,
+    };
     Ok(LoadedModel {
         config,
         params,
         bos,
         eos,
+        dtype,
     })
 }
 
