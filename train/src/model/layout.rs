@@ -50,11 +50,30 @@ pub struct Layout {
     len: usize,
 }
 
+/// Where a weight that lives outside the flat buffer would be (a quantised base's linear
+/// layers, see [`Layout::without_linears`]): any use as an offset fails at once.
+pub const ELSEWHERE: usize = usize::MAX;
+
 impl Layout {
     pub fn new(c: &ModelConfig) -> Layout {
+        Layout::build(c, true)
+    }
+
+    /// The tensors a quantised base keeps dense: embeddings, norms and the LM head. The seven
+    /// linear weights of each block are stored elsewhere (in NF4); their offsets are
+    /// [`ELSEWHERE`].
+    pub fn without_linears(c: &ModelConfig) -> Layout {
+        Layout::build(c, false)
+    }
+
+    fn build(c: &ModelConfig, linears: bool) -> Layout {
         let mut tensors = Vec::new();
         let mut offset = 0;
         let mut add = |name: String, shape: Vec<usize>, decay: bool| -> usize {
+            // A block's matrices are its seven linear weights.
+            if !linears && shape.len() == 2 && name.starts_with("model.layers.") {
+                return ELSEWHERE;
+            }
             let len = shape.iter().product();
             tensors.push(Tensor {
                 name,

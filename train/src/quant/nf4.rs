@@ -9,15 +9,22 @@
 //! ends are exactly ±1. [`CODE`] holds them as published with the paper and used by
 //! bitsandbytes; a test derives them again from that definition.
 //!
-//! Layout: two codes per byte, the first weight of a pair in the high nibble (the order
-//! bitsandbytes uses, as we read it; not yet compared with its output). A tensor's element
-//! count must be a multiple of 64, and every value finite (refused otherwise, in one line).
-//! Not here yet: double quantisation of the absmax values, and any use by the engines.
+//! Layout: two codes per byte, the first weight of a pair in the high nibble (as bitsandbytes
+//! packs them; tests/nf4_bitsandbytes.rs compares the bytes). A tensor's element count must be
+//! a multiple of 64, and every value finite (refused otherwise, in one line).
+//!
+//! Double quantisation (QLoRA's, bitsandbytes' `compress_statistics`): the absmax values
+//! themselves, less their mean, are stored in 8 bits of bitsandbytes' signed dynamic code
+//! ([`dynamic_code`]) with one f32 scale per [`ABSMAX_BLOCK`] of them: 4.125 bits per weight
+//! instead of 4.5.
 
 use thiserror::Error;
 
 /// Weights per absmax.
 pub const BLOCK: usize = 64;
+
+/// Absmax values per f32 scale under double quantisation.
+pub const ABSMAX_BLOCK: usize = 256;
 
 /// The outermost quantile used: Φ⁻¹(OFFSET) maps to ±1. QLoRA's constant (0.9677083), about
 /// halfway between 1 − 1/(2·15) and 1 − 1/(2·16), the two ways of spacing 16 quantiles.
@@ -55,18 +62,86 @@ pub enum Nf4Error {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4 {
     pub packed: Vec<u8>,
-    pub absmax: Vec<f32>,
+    pub absmax: Absmax,
+}
+
+/// The scale of each block of 64 weights.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Absmax {
+    F32(Vec<f32>),
+    /// Double-quantised: `dynamic_code()[codes[j]] · scales[j / 256] + offset`.
+    Double {
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+        offset: f32,
+    },
+}
+
+impl Absmax {
+    /// Block `j`'s absmax, as the dequantisation uses it.
+    pub fn get(&self, j: usize) -> f32 {
+        match self {
+            Absmax::F32(v) => v[j],
+            Absmax::Double {
+                codes,
+                scales,
+                offset,
+            } => dynamic_code()[codes[j] as usize] * scales[j / ABSMAX_BLOCK] + offset,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Absmax::F32(v) => v.len(),
+            Absmax::Double { codes, .. } => codes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every block's absmax.
+    pub fn values(&self) -> Vec<f32> {
+        (0..self.len()).map(|j| self.get(j)).collect()
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Absmax::F32(v) => 4 * v.len(),
+            Absmax::Double { codes, scales, .. } => codes.len() + 4 * scales.len() + 4,
+        }
+    }
 }
 
 impl Nf4 {
+    /// Refuses a tensor of `len` elements (named `name`) that is not whole blocks.
+    pub fn check_len(name: &str, len: usize) -> Result<(), Nf4Error> {
+        if len.is_multiple_of(BLOCK) {
+            Ok(())
+        } else {
+            Err(Nf4Error::NotBlocks {
+                name: name.to_string(),
+                len,
+            })
+        }
+    }
+
+    /// Quantises `w` and then its absmax values ([`Absmax::Double`]).
+    pub fn quantize_double(name: &str, w: &[f32]) -> Result<Nf4, Nf4Error> {
+        let plain = Nf4::quantize(name, w)?;
+        let Absmax::F32(absmax) = plain.absmax else {
+            unreachable!("quantize keeps f32 absmax values")
+        };
+        Ok(Nf4 {
+            packed: plain.packed,
+            absmax: double_quantize(&absmax),
+        })
+    }
+
     /// Quantises `w` (named `name` in errors) block by block.
     pub fn quantize(name: &str, w: &[f32]) -> Result<Nf4, Nf4Error> {
-        if !w.len().is_multiple_of(BLOCK) {
-            return Err(Nf4Error::NotBlocks {
-                name: name.to_string(),
-                len: w.len(),
-            });
-        }
+        Nf4::check_len(name, w.len())?;
         if let Some(index) = w.iter().position(|x| !x.is_finite()) {
             return Err(Nf4Error::NotFinite {
                 name: name.to_string(),
@@ -85,7 +160,15 @@ impl Nf4 {
             }
             absmax.push(m);
         }
-        Ok(Nf4 { packed, absmax })
+        Ok(Nf4 {
+            packed,
+            absmax: Absmax::F32(absmax),
+        })
+    }
+
+    /// Bytes held: packed codes and block scales.
+    pub fn bytes(&self) -> usize {
+        self.packed.len() + self.absmax.bytes()
     }
 
     /// Elements held.
@@ -97,20 +180,94 @@ impl Nf4 {
         self.packed.is_empty()
     }
 
-    /// Element `i`: `CODE[code] · absmax` of its block, as the dequantising matmul computes it.
-    pub fn get(&self, i: usize) -> f32 {
-        let byte = self.packed[i / 2];
-        let code = if i.is_multiple_of(2) {
-            byte >> 4
-        } else {
-            byte & 15
-        };
-        CODE[code as usize] * self.absmax[i / BLOCK]
+    /// Calls `put(i, CODE[code] · absmax)` for every element `i`, as the dequantising matmul
+    /// computes it (in f32), a block's absmax dequantised once.
+    pub fn dequantize_with(&self, mut put: impl FnMut(usize, f32)) {
+        for (j, bytes) in self.packed.chunks_exact(BLOCK / 2).enumerate() {
+            let m = self.absmax.get(j);
+            for (k, byte) in bytes.iter().enumerate() {
+                let i = j * BLOCK + 2 * k;
+                put(i, CODE[(byte >> 4) as usize] * m);
+                put(i + 1, CODE[(byte & 15) as usize] * m);
+            }
+        }
     }
 
     /// The whole tensor in f32.
     pub fn dequantize(&self) -> Vec<f32> {
-        (0..self.len()).map(|i| self.get(i)).collect()
+        let mut out = vec![0f32; self.len()];
+        self.dequantize_with(|i, v| out[i] = v);
+        out
+    }
+}
+
+/// bitsandbytes' signed 8-bit dynamic code (`create_dynamic_map`, 7 exponent bits): for each
+/// decade `10^(e−6)`, e = 0..7, the midpoints of `2^e + 1` evenly spaced points from 0.1 to 1,
+/// scaled by the decade, with both signs; then 0 and 1; ascending. Computed in f32 the way
+/// torch computes it; tests/nf4_bitsandbytes.rs compares it with bitsandbytes' own.
+pub fn dynamic_code() -> &'static [f32; 256] {
+    static CODE8: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    CODE8.get_or_init(|| {
+        let mut data = Vec::with_capacity(256);
+        for e in 0..7 {
+            let points = linspace_f32(0.1, 1.0, (1 << e) + 1);
+            let decade = 10f64.powi(e - 6) as f32;
+            let means: Vec<f32> = points.windows(2).map(|p| (p[0] + p[1]) / 2.0).collect();
+            data.extend(means.iter().map(|m| decade * m));
+            data.extend(means.iter().map(|m| -decade * m));
+        }
+        data.extend([0.0, 1.0]);
+        data.sort_by(f32::total_cmp);
+        data.try_into().expect("254 scaled midpoints, 0 and 1")
+    })
+}
+
+/// torch's `linspace` on the CPU in f32: from the start for the first half, from the end for
+/// the second, so both ends are exact; each point one fused multiply-add, as its vectorised
+/// kernel computes them (a separate multiply and add differ in the last bit of some points).
+fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    let step = (end - start) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps)
+        .map(|i| {
+            if i < half {
+                step.mul_add(i as f32, start)
+            } else {
+                (-step).mul_add((steps - 1 - i) as f32, end)
+            }
+        })
+        .collect()
+}
+
+/// The absmax values less their mean, in the dynamic code with one scale per 256 of them (a
+/// last, shorter group its own), each value's code the number of midpoints below it.
+fn double_quantize(absmax: &[f32]) -> Absmax {
+    let offset = (absmax.iter().map(|&m| f64::from(m)).sum::<f64>() / absmax.len() as f64) as f32;
+    let code = dynamic_code();
+    let bounds: Vec<f32> = code.windows(2).map(|p| (p[0] + p[1]) / 2.0).collect();
+    let mut codes = Vec::with_capacity(absmax.len());
+    let mut scales = Vec::with_capacity(absmax.len().div_ceil(ABSMAX_BLOCK));
+    for group in absmax.chunks(ABSMAX_BLOCK) {
+        let centred: Vec<f32> = group.iter().map(|m| m - offset).collect();
+        let scale = centred.iter().fold(0f32, |a, x| a.max(x.abs())).max(1e-38);
+        // A whole group is scaled by the reciprocal, a short last one divided, as in
+        // bitsandbytes.
+        let inv = 1.0 / scale;
+        for x in centred {
+            let scaled = if group.len() == ABSMAX_BLOCK {
+                x * inv
+            } else {
+                x / scale
+            };
+            let scaled = scaled.clamp(-1.0, 1.0);
+            codes.push(bounds.partition_point(|&b| b < scaled) as u8);
+        }
+        scales.push(scale);
+    }
+    Absmax::Double {
+        codes,
+        scales,
+        offset,
     }
 }
 
@@ -219,10 +376,11 @@ mod tests {
             (q.len(), q.packed.len(), q.absmax.len()),
             (4 * BLOCK, 2 * BLOCK, 4)
         );
+        assert_eq!(q.bytes(), 2 * BLOCK + 4 * 4);
         let back = q.dequantize();
         let widest = CODE.windows(2).map(|p| p[1] - p[0]).fold(0.0, f32::max);
         for (b, (orig, got)) in w.chunks(BLOCK).zip(back.chunks(BLOCK)).enumerate() {
-            let m = q.absmax[b];
+            let m = q.absmax.get(b);
             assert_eq!(m, orig.iter().fold(0.0f32, |a, x| a.max(x.abs())));
             for (o, g) in orig.iter().zip(got) {
                 assert!(
@@ -260,5 +418,43 @@ mod tests {
             m,
             "w holds a non-finite value at element 9: it cannot be quantised"
         );
+    }
+
+    #[test]
+    fn double_quantised_absmax_values_come_back_within_half_a_code_step() {
+        let code = dynamic_code();
+        // 1 is a code, −1 is not: the most negative is the top decade's last midpoint.
+        assert_eq!(code[255], 1.0);
+        assert!(code[0] > -1.0 && code[0] < -0.99, "{}", code[0]);
+        assert!(
+            code.windows(2).all(|p| p[0] < p[1]),
+            "ascending, no repeats"
+        );
+        assert!(code.contains(&0.0));
+        // Weights whose blocks have absmax values spread over two decades: 300 blocks, so a
+        // whole group of 256 and a short one of 44.
+        let w: Vec<f32> = (0..300 * BLOCK)
+            .map(|i| {
+                let b = (i / BLOCK) as f32;
+                let x = ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
+                x * (0.01 + 0.002 * b) * if i % BLOCK == 5 { 2.0 } else { 1.0 }
+            })
+            .collect();
+        let plain = Nf4::quantize("w", &w).unwrap();
+        let double = Nf4::quantize_double("w", &w).unwrap();
+        assert_eq!(plain.packed, double.packed, "the 4-bit codes do not change");
+        let Absmax::Double { scales, codes, .. } = &double.absmax else {
+            panic!("not double-quantised")
+        };
+        assert_eq!((codes.len(), scales.len()), (300, 2));
+        let widest = code.windows(2).map(|p| p[1] - p[0]).fold(0.0, f32::max);
+        for j in 0..300 {
+            let (want, got) = (plain.absmax.get(j), double.absmax.get(j));
+            let tol = 0.5 * widest * scales[j / ABSMAX_BLOCK] * (1.0 + 1e-5) + 1e-7;
+            assert!((want - got).abs() <= tol, "block {j}: {want} → {got}");
+        }
+        // 4 bits per weight plus one byte per 64 and the scales: under 4.2 bits per weight.
+        assert!(double.bytes() * 8 < w.len() * 42 / 10);
+        assert!(double.bytes() < plain.bytes());
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod decode;
 pub mod lora;
+pub mod nf4_base;
 pub mod ops;
 
 use anyhow::{bail, Result};
