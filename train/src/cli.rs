@@ -190,6 +190,14 @@ pub struct TrainArgs {
     /// Scale the adapters by α/√r (rsLoRA) instead of α/r.
     #[arg(long)]
     pub rslora: bool,
+    /// QLoRA: store the frozen base's linear layers in this 4-bit format (nf4), dequantised
+    /// where they are used. Its dimensions must be multiples of 64.
+    #[arg(long, value_enum)]
+    pub quantize: Option<crate::quant::Quantize>,
+    /// With --quantize: store the per-block absmax values in 8 bits too (QLoRA's double
+    /// quantisation), about 0.4 bits per weight less.
+    #[arg(long)]
+    pub double_quant: bool,
     /// Check every shard's checksum before training.
     #[arg(long)]
     pub verify_data: bool,

@@ -256,6 +256,9 @@ fn cpu_engine(
     let mut engine = CpuEngine::new(config, params)?;
     if let Some(a) = adapter {
         engine = engine.with_lora(a.lora, a.params, a.seed)?;
+        if let Some(q) = a.quantize {
+            engine = engine.quantize_base(q.double)?;
+        }
     }
     Ok(Box::new(engine.with_collective(host_backend(dp)?, dp.zero)))
 }

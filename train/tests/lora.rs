@@ -202,6 +202,59 @@ fn a_lora_run_writes_peft_adapters_and_resumes_bit_for_bit() {
     );
 }
 
+/// QLoRA: the same run on a base kept in NF4 (double-quantised) trains, resumes bit for bit,
+/// computes other losses than the f32 base (the weights are rounded), and merges onto the
+/// base it was trained from.
+#[test]
+fn a_qlora_run_trains_resumes_and_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    let base = base(dir.path(), &shards);
+    let q = ["--quantize", "nf4", "--double-quant"];
+    let whole = dir.path().join("whole");
+    let out = train(&with(lora_args(&shards, &base, &whole, "8"), &q));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("estimated memory"), "{stderr}");
+    let l = losses(&whole);
+    assert!(l[7].1 < l[0].1, "the loss did not fall: {l:?}");
+    let plain = dir.path().join("plain");
+    ok(&lora_args(&shards, &base, &plain, "8"));
+    let p = losses(&plain);
+    assert_ne!(p[0].1, l[0].1, "NF4 changed nothing");
+    assert!(
+        (p[0].1 - l[0].1).abs() < 0.05 * p[0].1,
+        "NF4 moved the loss too far: {} vs {}",
+        p[0].1,
+        l[0].1
+    );
+
+    let halves = dir.path().join("halves");
+    ok(&with(
+        lora_args(&shards, &base, &halves, "8"),
+        &[q[0], q[1], q[2], "--stop-after", "4"],
+    ));
+    ok(&with(
+        lora_args(&shards, &base, &halves, "8"),
+        &["--resume"],
+    ));
+    assert_eq!(state_difference(&whole, &halves, 8), None);
+    assert_eq!(losses(&whole), losses(&halves));
+
+    let merged = dir.path().join("merged");
+    let o = Command::new(train_bin())
+        .args(["merge", "--base"])
+        .arg(&base)
+        .arg("--adapter")
+        .arg(whole.join("checkpoints/step-0000008"))
+        .arg("--out")
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(merged.join("model.safetensors").is_file());
+}
+
 #[test]
 fn bad_lora_options_are_one_line_and_leave_no_run_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,6 +274,11 @@ fn bad_lora_options_are_one_line_and_leave_no_run_directory() {
         (
             &["--lora-rank", "4", "--device", "cuda"],
             "runs on the CPU engine only",
+        ),
+        (&["--quantize", "nf4"], "it needs a LoRA run"),
+        (
+            &["--lora-rank", "4", "--double-quant"],
+            "--double-quant is an option of --quantize nf4",
         ),
     ];
     for (extra, want) in cases {
@@ -263,4 +321,53 @@ fn bad_lora_options_are_one_line_and_leave_no_run_directory() {
         err.contains("give --init-from DIR") && !out.exists(),
         "{err}"
     );
+
+    // A base whose dimensions are not whole NF4 blocks (k_proj is 20 × 40 = 800 weights).
+    let odd = dir.path().join("odd");
+    ok(&with(
+        vec![],
+        &[
+            "--shards",
+            shards.to_str().unwrap(),
+            "--out",
+            odd.to_str().unwrap(),
+            "--dim",
+            "40",
+            "--n-layers",
+            "1",
+            "--n-heads",
+            "4",
+            "--n-kv-heads",
+            "2",
+            "--ffn-dim",
+            "96",
+            "--steps",
+            "1",
+            "--no-eval",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    ));
+    let o = train(&with(
+        vec![],
+        &[
+            "--shards",
+            shards.to_str().unwrap(),
+            "--init-from",
+            odd.join("checkpoints/step-0000001").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--lora-rank",
+            "4",
+            "--quantize",
+            "nf4",
+        ],
+    ));
+    let err = the_error_line(&o.stderr);
+    assert!(
+        err.contains("--quantize nf4: k_proj (20×40) has 800 elements, not a multiple of the NF4 block of 64"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }

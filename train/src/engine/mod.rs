@@ -138,6 +138,8 @@ pub struct Adapter {
     pub lora: crate::lora::LoraConfig,
     pub params: Vec<f32>,
     pub seed: u64,
+    /// QLoRA: the base's linear weights are kept quantised.
+    pub quantize: Option<crate::quant::BaseQuant>,
 }
 
 impl From<Vec<f32>> for Weights {

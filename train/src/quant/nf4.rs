@@ -201,6 +201,18 @@ impl Nf4 {
     }
 }
 
+/// Bytes an NF4 tensor of `len` elements (whole blocks) holds: packed codes and absmax values,
+/// 8-bit ones with `double` (plus a scale per 256 and their mean).
+pub fn stored_bytes(len: u128, double: bool) -> u128 {
+    let blocks = len / BLOCK as u128;
+    let absmax = if double {
+        blocks + 4 * blocks.div_ceil(ABSMAX_BLOCK as u128) + 4
+    } else {
+        4 * blocks
+    };
+    len / 2 + absmax
+}
+
 /// bitsandbytes' signed 8-bit dynamic code (`create_dynamic_map`, 7 exponent bits): for each
 /// decade `10^(e−6)`, e = 0..7, the midpoints of `2^e + 1` evenly spaced points from 0.1 to 1,
 /// scaled by the decade, with both signs; then 0 and 1; ascending. Computed in f32 the way
@@ -456,5 +468,7 @@ mod tests {
         // 4 bits per weight plus one byte per 64 and the scales: under 4.2 bits per weight.
         assert!(double.bytes() * 8 < w.len() * 42 / 10);
         assert!(double.bytes() < plain.bytes());
+        assert_eq!(stored_bytes(w.len() as u128, true), double.bytes() as u128);
+        assert_eq!(stored_bytes(w.len() as u128, false), plain.bytes() as u128);
     }
 }

@@ -12,6 +12,7 @@ use crate::device::{AttentionKernels, DType, Device};
 use crate::engine::AdamW;
 use crate::lora::{LoraConfig, DEFAULT_TARGETS};
 use crate::model::ModelConfig;
+use crate::quant::BaseQuant;
 use crate::schedule::{Schedule, ScheduleKind};
 
 /// The fully resolved configuration of a run, saved as `config.json` in the run directory.
@@ -57,6 +58,9 @@ pub struct RunConfig {
     /// LoRA: an adapter trains on the frozen `init_from` model.
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// QLoRA: the frozen base's linear weights quantised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<BaseQuant>,
 }
 
 fn one() -> usize {
@@ -121,6 +125,7 @@ pub fn resolve_ranks(
         );
     }
     let lora = lora_options(args, &model)?;
+    let quantize = quantize_options(args, &model, lora.is_some())?;
     let evaluate = evaluation(args, data.val_blocks, &mut notices)?;
     let steps = run_length(args, data.train_blocks, global, seq_len)?;
     let lr = args.lr.unwrap_or(1e-3);
@@ -171,6 +176,7 @@ pub fn resolve_ranks(
         world,
         zero: args.zero == Some(1),
         lora,
+        quantize,
     };
     Ok(Resolved { config, notices })
 }
@@ -208,6 +214,30 @@ fn lora_options(args: &TrainArgs, model: &ModelConfig) -> Result<Option<LoraConf
     };
     lora.validate(model).map_err(|e| anyhow::anyhow!(e))?;
     Ok(Some(lora))
+}
+
+/// `--quantize` and `--double-quant`: only for a LoRA run (the base must be frozen), and only
+/// on a base whose linear layers are whole NF4 blocks.
+fn quantize_options(
+    args: &TrainArgs,
+    model: &ModelConfig,
+    lora: bool,
+) -> Result<Option<BaseQuant>> {
+    let Some(format) = args.quantize else {
+        if args.double_quant {
+            bail!("--double-quant is an option of --quantize nf4; give that too");
+        }
+        return Ok(None);
+    };
+    if !lora {
+        bail!("--quantize nf4 stores a frozen base: it needs a LoRA run (--lora-rank R with --init-from DIR)");
+    }
+    crate::engine::cpu::nf4_base::Nf4Linears::check_shape(model)
+        .map_err(|e| anyhow::anyhow!("--quantize nf4: {e}"))?;
+    Ok(Some(BaseQuant {
+        format,
+        double: args.double_quant,
+    }))
 }
 
 /// Whether any option that sets the model's shape was given.

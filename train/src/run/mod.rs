@@ -106,6 +106,7 @@ fn run_rank(args: &TrainArgs, dp: &DataParallel) -> Result<Summary> {
                 lora: lora.clone(),
                 params,
                 seed: config.seed,
+                quantize: config.quantize,
             }),
         },
         (Some(_), None) => bail!("a LoRA run without its base model's weights"),
@@ -224,6 +225,7 @@ fn check_memory(config: &RunConfig, leader: bool) -> Result<()> {
             let e = crate::engine::cpu::lora_memory_estimate(
                 model,
                 lora,
+                config.quantize,
                 config.batch_size,
                 config.seq_len,
             );

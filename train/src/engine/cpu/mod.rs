@@ -18,7 +18,9 @@ use crate::collective::{gather_shards, Collective, Shards, Solo};
 use crate::lora::{AdapterLayout, LoraConfig, Target};
 use crate::model::init::Rng;
 use crate::model::{Layout, ModelConfig};
+use crate::quant::nf4::Nf4Error;
 use lora::LoraState;
+use nf4_base::Nf4Linears;
 use ops::*;
 
 /// Rows of the LM head processed at a time, so the logits of a whole batch over a large
@@ -141,11 +143,13 @@ fn activation_bytes(c: &ModelConfig, batch: usize, seq: usize) -> u128 {
 }
 
 /// The CPU engine's memory for a LoRA run: the frozen base in f32 without gradients or
-/// moments; the adapter's parameters, gradients and moments; the activations of the model
-/// plus, per adapted layer, `s·(x·Aᵀ)` (and the dropped-out input with dropout).
+/// moments (with `quantize`, its linear weights in NF4 and one f32 buffer they are
+/// dequantised into); the adapter's parameters, gradients and moments; the activations of
+/// the model plus, per adapted layer, `s·(x·Aᵀ)` (and the dropped-out input with dropout).
 pub fn lora_memory_estimate(
     c: &ModelConfig,
     lora: &LoraConfig,
+    quantize: Option<crate::quant::BaseQuant>,
     batch: usize,
     seq: usize,
 ) -> super::MemoryEstimate {
@@ -159,8 +163,26 @@ pub fn lora_memory_estimate(
         kept += n * lora.rank as u128 + if lora.dropout > 0.0 { n * in_dim } else { 0 };
     }
     let scratch = n * (lora.rank as u128 + widest);
+    let base = match quantize {
+        None => 4 * c.checked_num_params(),
+        Some(q) => {
+            let linears: Vec<u128> = Target::ALL
+                .iter()
+                .map(|t| t.dims(c))
+                .map(|(i, o)| (i * o) as u128)
+                .collect();
+            let quantized: u128 = linears
+                .iter()
+                .map(|&len| crate::quant::nf4::stored_bytes(len, q.double))
+                .sum();
+            let dense = Layout::without_linears(c).len() as u128;
+            4 * dense
+                + c.n_layers as u128 * quantized
+                + 4 * linears.iter().max().copied().unwrap_or(0)
+        }
+    };
     super::MemoryEstimate {
-        base: 4 * c.checked_num_params(),
+        base,
         adapters: 8 * trained,
         optimizer: 8 * trained,
         activations: activation_bytes(c, batch, seq) + 4 * (c.n_layers as u128 * kept + scratch),
@@ -175,7 +197,40 @@ pub struct Model<T: Float> {
     pub params: Vec<T>,
     pub grads: Vec<T>,
     pub lora: Option<LoraState<T>>,
+    /// QLoRA: the blocks' linear weights in NF4 (`params` then holds the rest, laid out by
+    /// [`Layout::without_linears`]), and the buffer each is dequantised into before use.
+    nf4: Option<Nf4Linears>,
+    dequantized: Vec<T>,
     acts: Acts<T>,
+}
+
+/// Where the forward and backward passes get a block's linear weight: a view of the dense
+/// parameters, or the NF4 weight dequantised into a scratch buffer.
+struct Linears<'a, T: Float> {
+    params: &'a [T],
+    layout: &'a Layout,
+    nf4: Option<&'a Nf4Linears>,
+    config: &'a ModelConfig,
+}
+
+impl<'a, T: Float> Linears<'a, T> {
+    fn get<'s>(&self, scratch: &'s mut [T], layer: usize, t: Target) -> &'s [T]
+    where
+        'a: 's,
+    {
+        let (in_dim, out_dim) = t.dims(self.config);
+        let len = in_dim * out_dim;
+        match self.nf4 {
+            None => {
+                let off = t.base_offset(&self.layout.blocks[layer]);
+                &self.params[off..off + len]
+            }
+            Some(q) => {
+                q.dequantize_into(layer, t, &mut scratch[..len]);
+                &scratch[..len]
+            }
+        }
+    }
 }
 
 /// The gradient slice of a weight, or `None` where the base is frozen (no gradient buffer).
@@ -221,8 +276,48 @@ impl<T: Float> Model<T> {
             params,
             grads,
             lora: None,
+            nf4: None,
+            dequantized: Vec::new(),
             acts: Acts::default(),
         }
+    }
+
+    /// QLoRA: stores the frozen base's linear weights in NF4 (double-quantised absmax values
+    /// with `double`) and drops their dense copies. Only for a model with an adapter, whose
+    /// base never changes.
+    pub fn quantize_base(&mut self, double: bool) -> Result<(), Nf4Error> {
+        assert!(self.lora.is_some(), "only a frozen base is quantised");
+        let full: Vec<f32> = self
+            .params
+            .iter()
+            .map(|v| v.to_f32().expect("every parameter fits f32"))
+            .collect();
+        let nf4 = Nf4Linears::quantize(&self.config, &self.layout, &full, double)?;
+        let compact = Layout::without_linears(&self.config);
+        let mut params = zeros(compact.len());
+        for t in &compact.tensors {
+            let from = self
+                .layout
+                .get(&t.name)
+                .expect("the compact layout's tensors are the full one's");
+            params[t.range()].copy_from_slice(&self.params[from.range()]);
+        }
+        let largest = Target::ALL
+            .iter()
+            .map(|t| t.dims(&self.config))
+            .map(|(i, o)| i * o)
+            .max()
+            .unwrap_or(0);
+        self.layout = compact;
+        self.params = params;
+        self.nf4 = Some(nf4);
+        self.dequantized = zeros(largest);
+        Ok(())
+    }
+
+    /// Whether the base is stored in NF4.
+    pub fn is_quantized(&self) -> bool {
+        self.nf4.is_some()
     }
 
     /// Freezes the base and trains the adapter `params` (laid out by `lora`'s
@@ -289,6 +384,13 @@ impl<T: Float> Model<T> {
         let acts = &mut self.acts;
         let lora = &mut self.lora;
         let slice = |off: usize, len: usize| &p[off..off + len];
+        let lin = Linears {
+            params: p,
+            layout: l,
+            nf4: self.nf4.as_ref(),
+            config: c,
+        };
+        let deq = &mut self.dequantized[..];
 
         // The residual stream enters block 0 as its `x_in`, and block i's output is block
         // i+1's `x_in` (or `x_out` after the last block).
@@ -318,11 +420,11 @@ impl<T: Float> Model<T> {
                 d,
                 eps,
             );
-            linear_forward(&mut b.q, &b.h1, slice(w.wq, qd * d), n, d, qd);
+            linear_forward(&mut b.q, &b.h1, lin.get(deq, i, Target::QProj), n, d, qd);
             adapt(Target::QProj, &mut b.q, &b.h1);
-            linear_forward(&mut b.k, &b.h1, slice(w.wk, kvd * d), n, d, kvd);
+            linear_forward(&mut b.k, &b.h1, lin.get(deq, i, Target::KProj), n, d, kvd);
             adapt(Target::KProj, &mut b.k, &b.h1);
-            linear_forward(&mut b.v, &b.h1, slice(w.wv, kvd * d), n, d, kvd);
+            linear_forward(&mut b.v, &b.h1, lin.get(deq, i, Target::VProj), n, d, kvd);
             adapt(Target::VProj, &mut b.v, &b.h1);
             rope_forward(&mut b.q, batch, seq, nh, hd, c.rope_theta);
             rope_forward(&mut b.k, batch, seq, nkv, hd, c.rope_theta);
@@ -338,7 +440,14 @@ impl<T: Float> Model<T> {
                 nkv,
                 hd,
             );
-            linear_forward(&mut b.x_mid, &b.att, slice(w.wo, d * qd), n, qd, d);
+            linear_forward(
+                &mut b.x_mid,
+                &b.att,
+                lin.get(deq, i, Target::OProj),
+                n,
+                qd,
+                d,
+            );
             adapt(Target::OProj, &mut b.x_mid, &b.att);
             add_inplace(&mut b.x_mid, &b.x_in);
             rmsnorm_forward(
@@ -350,16 +459,16 @@ impl<T: Float> Model<T> {
                 d,
                 eps,
             );
-            linear_forward(&mut b.g, &b.h2, slice(w.w_gate, f * d), n, d, f);
+            linear_forward(&mut b.g, &b.h2, lin.get(deq, i, Target::GateProj), n, d, f);
             adapt(Target::GateProj, &mut b.g, &b.h2);
-            linear_forward(&mut b.u, &b.h2, slice(w.w_up, f * d), n, d, f);
+            linear_forward(&mut b.u, &b.h2, lin.get(deq, i, Target::UpProj), n, d, f);
             adapt(Target::UpProj, &mut b.u, &b.h2);
             swiglu_forward(&mut b.a, &b.g, &b.u);
             let out = match rest.first_mut() {
                 Some(next) => &mut next.x_in,
                 None => &mut acts.x_out,
             };
-            linear_forward(out, &b.a, slice(w.w_down, d * f), n, f, d);
+            linear_forward(out, &b.a, lin.get(deq, i, Target::DownProj), n, f, d);
             adapt(Target::DownProj, out, &b.a);
             add_inplace(out, &b.x_mid);
         }
@@ -447,6 +556,13 @@ impl<T: Float> Model<T> {
         let a = &mut self.acts;
         let lora = &mut self.lora;
         let w = |off: usize, len: usize| &p[off..off + len];
+        let lin = Linears {
+            params: p,
+            layout: l,
+            nf4: self.nf4.as_ref(),
+            config: c,
+        };
+        let deq = &mut self.dequantized[..];
 
         let dw = wgrad(g, l.final_norm, d).unwrap_or(&mut a.dnorm);
         rmsnorm_backward(
@@ -469,14 +585,41 @@ impl<T: Float> Model<T> {
             };
             // a.dx: gradient w.r.t. this block's output = x_mid + mlp(x_mid).
             let dw = wgrad(g, o.w_down, d * f);
-            linear_back(&mut a.da, dw, &a.dx, &b.a, w(o.w_down, d * f), n, f, d);
+            linear_back(
+                &mut a.da,
+                dw,
+                &a.dx,
+                &b.a,
+                lin.get(deq, i, Target::DownProj),
+                n,
+                f,
+                d,
+            );
             adapt(Target::DownProj, &mut a.da, &a.dx, &b.a);
             swiglu_backward(&mut a.dg, &mut a.du, &a.da, &b.g, &b.u);
             let dw = wgrad(g, o.w_gate, f * d);
-            linear_back(&mut a.dh, dw, &a.dg, &b.h2, w(o.w_gate, f * d), n, d, f);
+            linear_back(
+                &mut a.dh,
+                dw,
+                &a.dg,
+                &b.h2,
+                lin.get(deq, i, Target::GateProj),
+                n,
+                d,
+                f,
+            );
             adapt(Target::GateProj, &mut a.dh, &a.dg, &b.h2);
             let dw = wgrad(g, o.w_up, f * d);
-            linear_back(&mut a.dh_tmp, dw, &a.du, &b.h2, w(o.w_up, f * d), n, d, f);
+            linear_back(
+                &mut a.dh_tmp,
+                dw,
+                &a.du,
+                &b.h2,
+                lin.get(deq, i, Target::UpProj),
+                n,
+                d,
+                f,
+            );
             adapt(Target::UpProj, &mut a.dh_tmp, &a.du, &b.h2);
             add_inplace(&mut a.dh, &a.dh_tmp);
             let dw = wgrad(g, o.mlp_norm, d).unwrap_or(&mut a.dnorm);
@@ -484,7 +627,16 @@ impl<T: Float> Model<T> {
             rmsnorm_backward(&mut a.dx2, dw, &a.dh, &b.x_mid, norm, &b.rstd2, n, d);
             add_inplace(&mut a.dx2, &a.dx); // a.dx2: gradient w.r.t. x_mid
             let dw = wgrad(g, o.wo, d * qd);
-            linear_back(&mut a.datt, dw, &a.dx2, &b.att, w(o.wo, d * qd), n, qd, d);
+            linear_back(
+                &mut a.datt,
+                dw,
+                &a.dx2,
+                &b.att,
+                lin.get(deq, i, Target::OProj),
+                n,
+                qd,
+                d,
+            );
             adapt(Target::OProj, &mut a.datt, &a.dx2, &b.att);
             attention_backward(
                 &mut a.dq, &mut a.dk, &mut a.dv, &a.datt, &b.probs, &b.q, &b.k, &b.v, batch, seq,
@@ -493,14 +645,41 @@ impl<T: Float> Model<T> {
             rope_backward(&mut a.dq, batch, seq, nh, hd, c.rope_theta);
             rope_backward(&mut a.dk, batch, seq, nkv, hd, c.rope_theta);
             let dw = wgrad(g, o.wq, qd * d);
-            linear_back(&mut a.dh, dw, &a.dq, &b.h1, w(o.wq, qd * d), n, d, qd);
+            linear_back(
+                &mut a.dh,
+                dw,
+                &a.dq,
+                &b.h1,
+                lin.get(deq, i, Target::QProj),
+                n,
+                d,
+                qd,
+            );
             adapt(Target::QProj, &mut a.dh, &a.dq, &b.h1);
             let dw = wgrad(g, o.wk, kvd * d);
-            linear_back(&mut a.dh_tmp, dw, &a.dk, &b.h1, w(o.wk, kvd * d), n, d, kvd);
+            linear_back(
+                &mut a.dh_tmp,
+                dw,
+                &a.dk,
+                &b.h1,
+                lin.get(deq, i, Target::KProj),
+                n,
+                d,
+                kvd,
+            );
             adapt(Target::KProj, &mut a.dh_tmp, &a.dk, &b.h1);
             add_inplace(&mut a.dh, &a.dh_tmp);
             let dw = wgrad(g, o.wv, kvd * d);
-            linear_back(&mut a.dh_tmp, dw, &a.dv, &b.h1, w(o.wv, kvd * d), n, d, kvd);
+            linear_back(
+                &mut a.dh_tmp,
+                dw,
+                &a.dv,
+                &b.h1,
+                lin.get(deq, i, Target::VProj),
+                n,
+                d,
+                kvd,
+            );
             adapt(Target::VProj, &mut a.dh_tmp, &a.dv, &b.h1);
             add_inplace(&mut a.dh, &a.dh_tmp);
             let dw = wgrad(g, o.attn_norm, d).unwrap_or(&mut a.dnorm);
@@ -596,6 +775,16 @@ impl CpuEngine {
         let base = std::mem::take(&mut self.model.params);
         self.model = Model::new(config, base).with_lora(lora, adapter);
         self.dropout_seed = seed;
+        Ok(self)
+    }
+
+    /// QLoRA: keeps the frozen base's linear weights in NF4 from now on (see
+    /// [`Model::quantize_base`]). Call after [`CpuEngine::with_lora`].
+    pub fn quantize_base(mut self, double: bool) -> Result<CpuEngine> {
+        if self.model.lora.is_none() {
+            bail!("--quantize nf4 quantises a frozen base: give --lora-rank too");
+        }
+        self.model.quantize_base(double)?;
         Ok(self)
     }
 
@@ -1028,6 +1217,96 @@ mod tests {
         assert_eq!(trained.len(), adapter.len());
         assert_ne!(trained, adapter);
         assert!(adapted.loss(&b).unwrap() < plain.loss(&b).unwrap());
+    }
+
+    /// Dimensions that are whole NF4 blocks: every linear weight a multiple of 64 elements.
+    fn nf4_config() -> ModelConfig {
+        ModelConfig {
+            dim: 16,
+            ffn_dim: 24,
+            ..small_config()
+        }
+    }
+
+    /// A QLoRA model computes exactly what the dense model computes whose linear weights are
+    /// their NF4 round trips: the same loss, logits and adapter gradients to the bit, with
+    /// and without double quantisation; the quantised base holds a fraction of the bytes.
+    #[test]
+    fn a_quantized_base_computes_its_dequantized_weights() {
+        use crate::quant::nf4::Nf4;
+        let c = nf4_config();
+        let layout = Layout::new(&c);
+        let base = random_params(&c, 21)
+            .iter()
+            .map(|&x| x as f32)
+            .collect::<Vec<_>>();
+        let lora = lora_config("q_proj,k_proj,o_proj,up_proj,down_proj", "", 0.0);
+        let mut adapter = AdapterLayout::new(&c, &lora).init(&base, &layout, 4);
+        for (i, v) in adapter.iter_mut().enumerate() {
+            *v += 0.01 * ((i % 7) as f32 - 3.0);
+        }
+        let toks = tokens(2 * 8, c.vocab_size, 5);
+        let b = Batch {
+            tokens: &toks,
+            batch: 2,
+            seq: 8,
+        };
+        for double in [false, true] {
+            let mut rounded = base.clone();
+            for block in &layout.blocks {
+                for t in Target::ALL {
+                    let (i, o) = t.dims(&c);
+                    let r = t.base_offset(block)..t.base_offset(block) + i * o;
+                    let q = if double {
+                        Nf4::quantize_double("w", &rounded[r.clone()])
+                    } else {
+                        Nf4::quantize("w", &rounded[r.clone()])
+                    };
+                    rounded[r].copy_from_slice(&q.unwrap().dequantize());
+                }
+            }
+            assert_ne!(rounded, base);
+            let mut dense = Model::new(c.clone(), rounded).with_lora(lora.clone(), adapter.clone());
+            let mut quant =
+                Model::new(c.clone(), base.clone()).with_lora(lora.clone(), adapter.clone());
+            quant.quantize_base(double).unwrap();
+            assert!(quant.is_quantized());
+            assert!(
+                quant.params.len() < base.len() / 2,
+                "the linear weights were dropped"
+            );
+            let (ld, lq) = (
+                dense.forward_backward(&b, Some(1.0)),
+                quant.forward_backward(&b, Some(1.0)),
+            );
+            assert_eq!(ld.to_bits(), lq.to_bits(), "double={double}");
+            assert_eq!(dense.trainable_grads(), quant.trainable_grads());
+            assert_eq!(dense.logits(&toks[..8]), quant.logits(&toks[..8]));
+            let nf4 = quant.nf4.as_ref().unwrap().bytes();
+            let linears: usize = Target::ALL
+                .iter()
+                .map(|t| t.dims(&c))
+                .map(|(i, o)| i * o)
+                .sum();
+            assert!(nf4 * 8 <= c.n_layers * linears * 5, "{nf4} bytes");
+        }
+        // Dimensions that are not whole blocks: one line naming the layer.
+        let mut odd = Model::new(
+            small_config(),
+            random_params(&small_config(), 2)
+                .iter()
+                .map(|&x| x as f32)
+                .collect(),
+        )
+        .with_lora(
+            lora_config("q_proj", "", 0.0),
+            vec![0.0; AdapterLayout::new(&small_config(), &lora_config("q_proj", "", 0.0)).len()],
+        );
+        let e = odd.quantize_base(false).unwrap_err().to_string();
+        assert!(
+            e.contains("k_proj.weight has 32 elements") && !e.contains('\n'),
+            "{e}"
+        );
     }
 
     #[test]
