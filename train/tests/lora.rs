@@ -148,6 +148,18 @@ fn a_lora_run_writes_peft_adapters_and_resumes_bit_for_bit() {
     );
     let l = losses(&whole);
     assert!(l[7].1 < l[0].1, "the loss did not fall: {l:?}");
+    // Sampling from an adapter directory points at `train merge`, in one line.
+    let o = Command::new(train_bin())
+        .args(["sample", "--checkpoint"])
+        .arg(&ck)
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    let err = the_error_line(&o.stderr);
+    assert!(
+        err.contains("is a LoRA adapter") && err.contains("train merge"),
+        "{err}"
+    );
 
     // Stopped at step 4 and resumed: the same losses and adapter state to the bit.
     let halves = dir.path().join("halves");

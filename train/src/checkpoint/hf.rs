@@ -214,6 +214,13 @@ fn usize_field(cfg: &Value, key: &str, path: &Path) -> Result<usize> {
 /// Reads `config.json` of a Llama; refuses other architectures and features we do not compute.
 pub fn read_config(dir: &Path) -> Result<(ModelConfig, Option<u32>, Option<u32>)> {
     let path = dir.join("config.json");
+    if !path.exists() && dir.join("adapter_config.json").is_file() {
+        bail!(
+            "{} is a LoRA adapter, not a model: fold it into its base first (train merge --adapter {} --out DIR) and use that directory",
+            dir.display(),
+            dir.display()
+        );
+    }
     let text =
         fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let cfg: Value = serde_json::from_str(&text)
