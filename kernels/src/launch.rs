@@ -20,11 +20,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, CudaViewMut, LaunchArgs, PushKernelArg,
+    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchArgs, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
-pub use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, LaunchConfig, ValidAsZeroBits};
+pub use cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, ValidAsZeroBits,
+};
 
 use crate::nvrtc;
 use crate::probe::{self, DeviceInfo, ProbeError};
@@ -1249,6 +1251,58 @@ impl Gpu {
         let n64 = x.len() as u64;
         self.launch("scale_f32", grid_stride(n64), |a| {
             a.arg(x).arg(s).arg(&n64);
+        })
+    }
+
+    // ---- nf4.cu ----------------------------------------------------------------------------
+
+    /// `nf4_absmax`: double-quantised absmax values back to f32,
+    /// `absmax[j] = code256[q[j]] · scales[j / 256] + offset`; grid-stride over the blocks.
+    pub fn nf4_absmax(
+        &self,
+        absmax: &mut CudaSlice<f32>,
+        q: &CudaSlice<u8>,
+        scales: &CudaSlice<f32>,
+        code256: &CudaSlice<f32>,
+        offset: f32,
+    ) -> Result<(), Error> {
+        let blocks = absmax.len();
+        check_len("nf4_absmax q", q.len(), blocks)?;
+        check_len("nf4_absmax scales", scales.len(), blocks.div_ceil(256))?;
+        check_len("nf4_absmax code256", code256.len(), 256)?;
+        let n64 = blocks as u64;
+        self.launch("nf4_absmax", grid_stride(n64), |a| {
+            a.arg(absmax)
+                .arg(q)
+                .arg(scales)
+                .arg(code256)
+                .arg(&offset)
+                .arg(&n64);
+        })
+    }
+
+    /// `nf4_dequantize_{f32,bf16}`: `w[i] = code16[nibble i] · absmax[i / 64]` rounded to `T`,
+    /// the first weight of a byte in its high nibble; one thread per packed byte.
+    pub fn nf4_dequantize<T: Storage>(
+        &self,
+        w: &mut CudaViewMut<'_, T>,
+        packed: &CudaSlice<u8>,
+        absmax: &CudaSlice<f32>,
+        code16: &CudaSlice<f32>,
+    ) -> Result<(), Error> {
+        let bytes = packed.len();
+        if !bytes.is_multiple_of(32) {
+            return invalid(format!(
+                "nf4_dequantize: {bytes} packed bytes are not whole blocks of 64 weights"
+            ));
+        }
+        check_len("nf4_dequantize w", w.len(), 2 * bytes)?;
+        check_len("nf4_dequantize absmax", absmax.len(), bytes / 32)?;
+        check_len("nf4_dequantize code16", code16.len(), 16)?;
+        let n64 = bytes as u64;
+        let name = format!("nf4_dequantize_{}", T::SUFFIX);
+        self.launch(&name, grid_stride(n64), |a| {
+            a.arg(w).arg(packed).arg(absmax).arg(code16).arg(&n64);
         })
     }
 

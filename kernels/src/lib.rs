@@ -136,6 +136,10 @@ pub const UNITS: &[Unit] = &[
             "accumulate_f32_from_bf16",
         ]
     ),
+    unit!(
+        "nf4.cu",
+        ["nf4_absmax", "nf4_dequantize_f32", "nf4_dequantize_bf16"]
+    ),
 ];
 
 /// `(file name, full source)` of every unit, `common.cuh` included in each.
@@ -151,7 +155,7 @@ mod tests {
 
     #[test]
     fn every_unit_is_self_contained() {
-        assert_eq!(sources().len(), 9);
+        assert_eq!(sources().len(), 10);
         for (name, src) in sources() {
             assert!(
                 src.starts_with(COMMON),

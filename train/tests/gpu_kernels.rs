@@ -1360,6 +1360,85 @@ fn casts_and_elementwise() {
     );
 }
 
+// ---- NF4 dequantisation ----------------------------------------------------------------------
+
+/// The NF4 kernels against `ingot_train::quant::nf4` on the same tensor: 300 blocks of 64
+/// weights (double quantisation: a whole group of 256 absmax values and a short one), values
+/// of several scales and a block of zeros. Bit for bit: f32 output equals the CPU's
+/// dequantised values, bf16 output their rounding to nearest even.
+fn nf4<T: Storage>(seed: u64, double: bool) {
+    use ingot_train::quant::nf4::{dynamic_code, Absmax, Nf4, CODE};
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(seed);
+    let blocks = 300;
+    let mut w: Vec<f32> = (0..blocks * 64)
+        .map(|i| rng.uniform(if (i / 64) % 5 == 2 { 1.5 } else { 0.02 }))
+        .collect();
+    w[7 * 64..8 * 64].fill(0.0);
+    let q = if double {
+        Nf4::quantize_double("w", &w)
+    } else {
+        Nf4::quantize("w", &w)
+    }
+    .unwrap();
+    let absmax = match &q.absmax {
+        Absmax::F32(v) => up(g, v),
+        Absmax::Double {
+            codes,
+            scales,
+            offset,
+        } => {
+            let mut out = poisoned::<f32>(g, blocks);
+            g.nf4_absmax(
+                &mut out,
+                &up(g, codes),
+                &up(g, scales),
+                &up(g, dynamic_code()),
+                *offset,
+            )
+            .unwrap();
+            check_bits(
+                "nf4_absmax (double quantisation)",
+                &down(g, &out),
+                &q.absmax.values(),
+            );
+            out
+        }
+    };
+    let mut out = poisoned::<T>(g, w.len());
+    g.nf4_dequantize(
+        &mut out.slice_mut(..),
+        &up(g, &q.packed),
+        &absmax,
+        &up(g, &CODE),
+    )
+    .unwrap();
+    let name = format!("nf4_dequantize_{} (double {double})", T::SUFFIX);
+    check_bits(&name, &down(g, &out), &rounded::<T>(&q.dequantize()));
+    // A view shorter than the tensor is refused, not written past.
+    let mut short = poisoned::<T>(g, w.len() - 2);
+    assert!(g
+        .nf4_dequantize(
+            &mut short.slice_mut(..),
+            &up(g, &q.packed),
+            &absmax,
+            &up(g, &CODE)
+        )
+        .is_err());
+}
+
+#[test]
+fn nf4_dequantize_f32() {
+    nf4::<f32>(61, false);
+    nf4::<f32>(62, true);
+}
+
+#[test]
+fn nf4_dequantize_bf16() {
+    nf4::<Bf16>(63, false);
+    nf4::<Bf16>(64, true);
+}
+
 // ---- determinism --------------------------------------------------------------------------------
 
 /// Every f32 output of one pass over the reductions (attention forward and backward,
