@@ -9,7 +9,10 @@
 #   4. `train sample` and `train eval` load the GPU run's best checkpoint with --device: greedy
 #      text with the key/value cache equals the uncached path's (f32), eval within 5% of the CPU;
 #   5. a micro-batch whose activations cannot fit on the GPU is refused with one line and no
-#      run directory.
+#      run directory;
+#   6. LoRA and QLoRA (--quantize nf4) on the straight run's last checkpoint for STEPS/2
+#      steps with --device: PEFT adapter checkpoints, stopped and resumed bit for bit, the
+#      final validation loss within 5% of the same run on the CPU and below the base's.
 # Scripts/gpu-check.sh runs it with the bundle's binaries; DEVICE=cpu runs steps 1-4 on the
 # CPU only, to check this script on a machine without a GPU. scripts/emulated-gpu-check.sh
 # runs it on the stand-in CUDA device with shorter blocks and fewer steps (the environment
@@ -119,4 +122,42 @@ if [ "$device" = cuda ]; then
         exit 1
     fi
 fi
+for quant in none nf4; do
+    echo "== 6. LoRA r=8 on the last checkpoint (--quantize $quant), --device $device"
+    base="$work/straight/checkpoints/step-$(printf %07d "$steps")"
+    lora=(--shards "$work/shards" --init-from "$base" --lora-rank 8 --lora-alpha 16 --steps "$half"
+        --batch-size "$batch" --lr 1e-2 --eval-every "$half" --eval-batches 4 --save-every "$((half / 2))"
+        --log-every 1 --quiet)
+    if [ "$quant" = nf4 ]; then lora+=(--quantize nf4 --double-quant); fi
+    "$bin/train" "${lora[@]}" --device "$device" --out "$work/lora-$quant"
+    "$bin/train" "${lora[@]}" --device "$device" --out "$work/lora-$quant-resumed" --stop-after "$((half / 2))"
+    "$bin/train" "${lora[@]}" --device "$device" --out "$work/lora-$quant-resumed" --resume
+    "$bin/train" "${lora[@]}" --device cpu --out "$work/lora-$quant-cpu"
+    test -f "$work/lora-$quant/checkpoints/step-$(printf %07d "$half")/adapter_model.safetensors"
+    python3 - "$work" "$quant" "$steps" "$half" <<'PY'
+import json, sys
+work, quant, steps, half = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+def records(run):
+    out = {}
+    for line in open(f"{work}/{run}/metrics.jsonl"):
+        r = json.loads(line)
+        out[(r["kind"], r["step"])] = r
+    return out
+
+run, resumed, cpu = (records(f"lora-{quant}{s}") for s in ("", "-resumed", "-cpu"))
+for key, r in run.items():
+    if key[1] > half // 2:
+        for k in ("loss", "grad_norm", "val_loss"):
+            if k in r and resumed[key][k] != r[k]:
+                sys.exit(f"FAIL: LoRA ({quant}) step {key[1]} {k}: {r[k]!r} straight, {resumed[key][k]!r} resumed")
+base = records("straight")[("eval", steps)]["val_loss"]
+here, ref = run[("eval", half)]["val_loss"], cpu[("eval", half)]["val_loss"]
+print(f"LoRA ({quant}): val loss {base:.4f} of the base, {here:.4f} after {half} steps here, {ref:.4f} on the CPU; resumed bit for bit")
+if abs(here - ref) > 0.05 * ref:
+    sys.exit("FAIL: the LoRA run's validation loss is more than 5% away from the CPU's")
+if not here < base:
+    sys.exit("FAIL: LoRA did not lower the validation loss")
+PY
+done
 echo "train end to end: PASS"

@@ -21,9 +21,18 @@ __device__ __forceinline__ void accumulate_f32_impl(float* acc, const T* x, u64 
     INGOT_GRID_STRIDE(i, n) { acc[i] = acc[i] + to_f32(x[i]); }
 }
 
+// x[i] = s * x[i] (LoRA's scaling of an adapter's low-rank activations).
+template <typename T>
+__device__ __forceinline__ void scale_inplace_impl(T* x, float s, u64 n) {
+    INGOT_GRID_STRIDE(i, n) { x[i] = from_f32<T>(s * to_f32(x[i])); }
+}
+
 #define INGOT_CAST(SUFFIX, T)                                                             \
     extern "C" __global__ void add_inplace_##SUFFIX(T* y, const T* x, u64 n) {            \
         add_inplace_impl<T>(y, x, n);                                                     \
+    }                                                                                     \
+    extern "C" __global__ void scale_inplace_##SUFFIX(T* x, float s, u64 n) {             \
+        scale_inplace_impl<T>(x, s, n);                                                   \
     }                                                                                     \
     extern "C" __global__ void accumulate_f32_from_##SUFFIX(float* acc, const T* x,       \
                                                             u64 n) {                       \

@@ -1260,7 +1260,7 @@ impl Gpu {
     /// `absmax[j] = code256[q[j]] · scales[j / 256] + offset`; grid-stride over the blocks.
     pub fn nf4_absmax(
         &self,
-        absmax: &mut CudaSlice<f32>,
+        absmax: &mut CudaViewMut<'_, f32>,
         q: &CudaSlice<u8>,
         scales: &CudaSlice<f32>,
         code256: &CudaSlice<f32>,
@@ -1287,7 +1287,7 @@ impl Gpu {
         &self,
         w: &mut CudaViewMut<'_, T>,
         packed: &CudaSlice<u8>,
-        absmax: &CudaSlice<f32>,
+        absmax: &CudaView<'_, f32>,
         code16: &CudaSlice<f32>,
     ) -> Result<(), Error> {
         let bytes = packed.len();
@@ -1331,6 +1331,33 @@ impl Gpu {
         let n64 = x.len() as u64;
         self.launch("cast_bf16_to_f32", grid_stride(n64), |a| {
             a.arg(out).arg(x).arg(&n64);
+        })
+    }
+
+    /// `scale_inplace_{f32,bf16}`: `x = s · x` (through f32); grid-stride over `n`.
+    pub fn scale_inplace<T: Storage>(
+        &self,
+        x: &mut CudaViewMut<'_, T>,
+        s: f32,
+    ) -> Result<(), Error> {
+        let n64 = x.len() as u64;
+        let name = format!("scale_inplace_{}", T::SUFFIX);
+        self.launch(&name, grid_stride(n64), |a| {
+            a.arg(x).arg(&s).arg(&n64);
+        })
+    }
+
+    /// [`Gpu::add_inplace`] with `x` a view (part of a scratch buffer).
+    pub fn add_view_inplace<T: Storage>(
+        &self,
+        y: &mut CudaSlice<T>,
+        x: &CudaView<'_, T>,
+    ) -> Result<(), Error> {
+        check_len("add_view_inplace", y.len(), x.len())?;
+        let n64 = x.len() as u64;
+        let name = format!("add_inplace_{}", T::SUFFIX);
+        self.launch(&name, grid_stride(n64), |a| {
+            a.arg(y).arg(x).arg(&n64);
         })
     }
 

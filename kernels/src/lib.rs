@@ -132,6 +132,8 @@ pub const UNITS: &[Unit] = &[
             "cast_bf16_to_f32",
             "add_inplace_f32",
             "add_inplace_bf16",
+            "scale_inplace_f32",
+            "scale_inplace_bf16",
             "accumulate_f32_from_f32",
             "accumulate_f32_from_bf16",
         ]

@@ -3,11 +3,11 @@
 //!
 //!     cargo run --release -p ingot-train --example lora_memory -- DIR [RANK] [BATCH] [SEQ]
 //!
-//! Prints one line per way of storing the base (f32, NF4, NF4 with double-quantised absmax),
-//! the estimate `train` prints before such a run and checks against the free memory, for an
-//! adapter of RANK (default 16) on all seven linear layers, micro-batches of BATCH × SEQ
-//! tokens (default 1 × 2048), no dropout. Also the bytes of the base's weights alone in bf16,
-//! for comparison with a GPU.
+//! Prints, for each engine and way of storing the base (the CUDA engine in bf16, with the base
+//! in bf16, in NF4, in NF4 with double-quantised absmax; the CPU engine in f32, with the base
+//! in f32 or NF4), the estimate `train` prints before such a run, for an adapter of RANK
+//! (default 16) on all seven linear layers, micro-batches of BATCH × SEQ tokens (default
+//! 1 × 2048), no dropout.
 
 use std::path::PathBuf;
 
@@ -39,15 +39,10 @@ fn main() -> Result<()> {
         targets: Target::ALL.to_vec(),
         save: Vec::new(),
     };
-    let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
     println!(
         "{}: {:.3} B parameters; LoRA r={rank} on all 7 linear layers; micro-batch {batch} × {seq}",
         dir.display(),
         c.checked_num_params() as f64 / 1e9
-    );
-    println!(
-        "base weights alone in bf16: {:.2} GiB",
-        gib(2 * c.checked_num_params())
     );
     let nf4 = |double| {
         Some(BaseQuant {
@@ -55,6 +50,14 @@ fn main() -> Result<()> {
             double,
         })
     };
+    for (name, quantize) in [
+        ("bf16 base", None),
+        ("nf4 base", nf4(false)),
+        ("nf4 base, double-quantised", nf4(true)),
+    ] {
+        let e = ingot_train::engine::cuda::lora_memory_estimate(&c, &lora, quantize, batch, seq, 2);
+        println!("CUDA engine (bf16), {name}: {e}");
+    }
     for (name, quantize) in [
         ("f32 base", None),
         ("nf4 base", nf4(false)),

@@ -152,10 +152,14 @@ pub fn create(
     if !device.is_cuda() && attention != AttentionKernels::Auto {
         bail!("--attention {attention}: only the CUDA engine has a choice of attention kernels; leave it out, or use --device cuda");
     }
-    if device.is_cuda() && weights.adapter.is_some() {
-        bail!("--device {device}: LoRA training runs on the CPU engine only so far (the CUDA engine's adapter path is not written yet); use --device cpu");
+    if let (true, Some(a)) = (device.is_cuda(), &weights.adapter) {
+        if a.lora.dropout > 0.0 {
+            bail!("--device {device}: --lora-dropout runs on the CPU engine only so far; give --lora-dropout 0, or use --device cpu");
+        }
+        if !a.lora.save.is_empty() {
+            bail!("--device {device}: --lora-save runs on the CPU engine only so far; leave it out, or use --device cpu");
+        }
     }
-    let params = weights.base;
     match device {
         Device::Cuda(asked_ordinal) => {
             let ordinal = match &dp.launch {
@@ -173,10 +177,12 @@ pub fn create(
                 Ok(gpu) => gpu,
             };
             let engine: Box<dyn Engine> = match asked {
-                DType::Bf16 => {
-                    Box::new(cuda_engine::<Bf16>(ordinal, config, params, attention, dp)?)
+                DType::Bf16 => Box::new(cuda_engine::<Bf16>(
+                    ordinal, config, weights, attention, dp,
+                )?),
+                DType::F32 => {
+                    Box::new(cuda_engine::<f32>(ordinal, config, weights, attention, dp)?)
                 }
-                DType::F32 => Box::new(cuda_engine::<f32>(ordinal, config, params, attention, dp)?),
             };
             let notice = if gpu.is_emulated() {
                 format!(
@@ -194,7 +200,7 @@ pub fn create(
             if asked != DType::F32 {
                 bail!("--dtype {asked}: the CPU engine computes in f32 only; use --dtype f32 or --device cuda");
             }
-            Ok((cpu_engine(config, params, weights.adapter, dp)?, None))
+            Ok((cpu_engine(config, weights.base, weights.adapter, dp)?, None))
         }
         Device::Auto => {
             let why = match probe::cuda_device(0) {
@@ -209,7 +215,7 @@ pub fn create(
                 DType::Bf16 => "; in f32, as --dtype bf16 needs --device cuda",
             };
             Ok((
-                cpu_engine(config, params, weights.adapter, dp)?,
+                cpu_engine(config, weights.base, weights.adapter, dp)?,
                 Some(format!("notice: running on the CPU ({why}){ignored}")),
             ))
         }
@@ -220,13 +226,19 @@ pub fn create(
 fn cuda_engine<T: Precision>(
     ordinal: usize,
     config: ModelConfig,
-    params: Vec<f32>,
+    weights: Weights,
     attention: AttentionKernels,
     dp: &DataParallel,
 ) -> Result<CudaEngine<T>> {
-    match &dp.launch {
-        None => CudaEngine::with_attention(ordinal, config, params, attention),
-        Some(l) => CudaEngine::data_parallel(ordinal, config, params, attention, l, dp),
+    let launch = dp.launch.as_ref().map(|l| (l, dp));
+    match (weights.adapter, launch) {
+        (Some(a), launch) => {
+            CudaEngine::with_lora(ordinal, config, weights.base, a, attention, launch)
+        }
+        (None, None) => CudaEngine::with_attention(ordinal, config, weights.base, attention),
+        (None, Some((l, dp))) => {
+            CudaEngine::data_parallel(ordinal, config, weights.base, attention, l, dp)
+        }
     }
 }
 

@@ -368,6 +368,51 @@ fn two_ranks_equal_one_process_with_a_twice_larger_micro_batch_bf16() {
     }
 }
 
+/// LoRA over NCCL (f32): a LoRA run of 2 ranks × 4 sequences on a base trained here equals one
+/// process of 8, step by step and in the adapter's update, with and without ZeRO-1 (which
+/// then shards the adapter's master weights and moments).
+#[test]
+fn lora_ranks_equal_one_process() {
+    if !two_ranks("lora_ranks_equal_one_process") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dataset(dir.path());
+    let path = |name: &str| dir.path().join(name);
+    run_one(&with(
+        common_args(&shards, &path("base"), "f32"),
+        &["--batch-size", "8"],
+    ));
+    let base = path("base").join(format!("checkpoints/step-{STEPS:07}"));
+    // The shape comes from the base: the common options without --model and --n-layers.
+    let args = |out: &Path, extra: &[&str]| {
+        let all = common_args(&shards, out, "f32");
+        let mut kept = Vec::new();
+        let mut it = all.iter();
+        while let Some(a) = it.next() {
+            if a == "--model" || a == "--n-layers" {
+                it.next();
+            } else {
+                kept.push(a.clone());
+            }
+        }
+        let lora = ["--init-from", base.to_str().unwrap(), "--lora-rank", "4"];
+        with(kept, &[&lora[..], extra].concat())
+    };
+    let (one, two, zero) = (path("one"), path("two"), path("zero"));
+    run_one(&args(&one, &["--batch-size", "8"]));
+    run_ranks(2, &args(&two, &["--batch-size", "4"]));
+    run_ranks(2, &args(&zero, &["--batch-size", "4", "--zero", "1"]));
+    assert!(two
+        .join(format!(
+            "checkpoints/step-{STEPS:07}/adapter_model.safetensors"
+        ))
+        .is_file());
+    assert_close_records(&two, &one, "f32", "LoRA: 2 ranks × 4 against 1 × 8");
+    assert_close_updates(&two, &one, "f32", "LoRA: 2 ranks × 4 against 1 × 8");
+    assert_close_updates(&zero, &two, "f32", "LoRA: ZeRO-1 against without");
+}
+
 #[test]
 fn zero_1_ranks_stopped_and_resumed_continue_bit_for_bit_or_on_one_process() {
     let test = "zero_1_ranks_stopped_and_resumed_continue_bit_for_bit_or_on_one_process";

@@ -1390,7 +1390,7 @@ fn nf4<T: Storage>(seed: u64, double: bool) {
         } => {
             let mut out = poisoned::<f32>(g, blocks);
             g.nf4_absmax(
-                &mut out,
+                &mut out.slice_mut(..),
                 &up(g, codes),
                 &up(g, scales),
                 &up(g, dynamic_code()),
@@ -1409,7 +1409,7 @@ fn nf4<T: Storage>(seed: u64, double: bool) {
     g.nf4_dequantize(
         &mut out.slice_mut(..),
         &up(g, &q.packed),
-        &absmax,
+        &absmax.slice(..),
         &up(g, &CODE),
     )
     .unwrap();
@@ -1421,7 +1421,7 @@ fn nf4<T: Storage>(seed: u64, double: bool) {
         .nf4_dequantize(
             &mut short.slice_mut(..),
             &up(g, &q.packed),
-            &absmax,
+            &absmax.slice(..),
             &up(g, &CODE)
         )
         .is_err());

@@ -284,8 +284,26 @@ fn bad_lora_options_are_one_line_and_leave_no_run_directory() {
             "--lora-targets: no module \"qkv\"",
         ),
         (
-            &["--lora-rank", "4", "--device", "cuda"],
-            "runs on the CPU engine only",
+            &[
+                "--lora-rank",
+                "4",
+                "--lora-dropout",
+                "0.1",
+                "--device",
+                "cuda",
+            ],
+            "--lora-dropout runs on the CPU engine only so far",
+        ),
+        (
+            &[
+                "--lora-rank",
+                "4",
+                "--lora-save",
+                "lm_head",
+                "--device",
+                "cuda",
+            ],
+            "--lora-save runs on the CPU engine only so far",
         ),
         (&["--quantize", "nf4"], "it needs a LoRA run"),
         (

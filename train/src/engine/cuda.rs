@@ -40,12 +40,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use ingot_kernels::launch::{AdamWHyper, Bf16, CudaSlice, Gpu, Storage, ATTENTION_MMA_MIN_MAJOR};
 use ingot_kernels::matmul::{Blas, CudaStream};
 
-use super::optim::{decay_mask, AdamW};
-use super::{AttentionKernels, Batch, Engine, OptimizerState};
+mod lora;
+
+use super::optim::{decay_mask, decay_mask_of, AdamW};
+use super::{Adapter, AttentionKernels, Batch, Engine, OptimizerState};
 use crate::collective::nccl::{Element, Nccl};
 use crate::collective::{gather_shards, Collective, DataParallel, Shards, Solo};
 use crate::launch::Launch;
+use crate::lora::Target;
 use crate::model::{Layout, ModelConfig};
+use lora::{BaseWeights, DeviceLora};
 
 /// Logits kept at once by the fused LM head + cross-entropy: the rows of one slab are chosen
 /// so that its `[rows, vocab]` logits take at most this many bytes (256 MiB: 2,670 rows of a
@@ -388,6 +392,134 @@ fn linear_back<T: Storage>(
     Ok(())
 }
 
+/// Where the passes get a block projection's weight, and the one place an adapter joins
+/// it: without LoRA the working weights (and their gradients), with LoRA the frozen base
+/// (dense or NF4) and the adapter's working copy.
+struct Projections<'a, T: Storage> {
+    gpu: &'a Gpu,
+    blas: &'a Blas,
+    config: &'a ModelConfig,
+    base: BaseWeights<'a, T>,
+    /// The adapter's working copy (with LoRA).
+    adapter: &'a CudaSlice<T>,
+    lora: Option<&'a mut DeviceLora<T>>,
+}
+
+impl<'a, T: Storage> Projections<'a, T> {
+    fn new(
+        gpu: &'a Gpu,
+        blas: &'a Blas,
+        config: &'a ModelConfig,
+        layout: &'a Layout,
+        work: &'a DevBuf<T>,
+        frozen: &'a Option<(DevBuf<T>, Layout)>,
+        lora: Option<&'a mut DeviceLora<T>>,
+    ) -> Self {
+        let base = match frozen {
+            Some((buf, l)) => BaseWeights {
+                params: &buf.owner,
+                layout: l,
+            },
+            None => BaseWeights {
+                params: &work.owner,
+                layout,
+            },
+        };
+        Projections {
+            gpu,
+            blas,
+            config,
+            base,
+            adapter: &work.owner,
+            lora,
+        }
+    }
+
+    /// `y = x·Wᵀ` for block `layer`'s projection `t` (plus its adapter's term).
+    fn forward(
+        &mut self,
+        layer: usize,
+        t: Target,
+        y: &mut CudaSlice<T>,
+        x: &CudaSlice<T>,
+        n: usize,
+    ) -> Result<()> {
+        let (i, o) = t.dims(self.config);
+        match self.lora.as_deref_mut() {
+            None => {
+                let off = t.base_offset(&self.base.layout.blocks[layer]);
+                linear(self.blas, y, x, self.base.params, off, n, i, o)
+            }
+            Some(l) => {
+                {
+                    let w = l.weight(self.gpu, &self.base, self.config, layer, t)?;
+                    self.blas.linear_forward::<T, T>(y, x, &w, n, i, o)?;
+                }
+                l.forward(
+                    self.gpu,
+                    self.blas,
+                    self.adapter,
+                    self.config,
+                    layer,
+                    t,
+                    y,
+                    x,
+                )
+            }
+        }
+    }
+
+    /// `dx = dy·W` for block `layer`'s projection `t`; without LoRA also `dW += dyᵀ·x` into
+    /// `grads`, with LoRA the adapter's gradients instead (the base's product is skipped).
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &mut self,
+        layer: usize,
+        t: Target,
+        dx: &mut CudaSlice<T>,
+        grads: &mut CudaSlice<f32>,
+        dy: &CudaSlice<T>,
+        x: &CudaSlice<T>,
+        n: usize,
+    ) -> Result<()> {
+        let (i, o) = t.dims(self.config);
+        match self.lora.as_deref_mut() {
+            None => {
+                let off = t.base_offset(&self.base.layout.blocks[layer]);
+                linear_back(self.blas, dx, grads, self.base.params, off, dy, x, n, i, o)
+            }
+            Some(l) => {
+                {
+                    let w = l.weight(self.gpu, &self.base, self.config, layer, t)?;
+                    self.blas.linear_backward_dx::<T, T>(dx, dy, &w, n, i, o)?;
+                }
+                l.backward(
+                    self.gpu,
+                    self.blas,
+                    self.adapter,
+                    grads,
+                    self.config,
+                    layer,
+                    t,
+                    dx,
+                    dy,
+                    x,
+                )
+            }
+        }
+    }
+}
+
+/// The gradient buffer of a norm's weight: its view into the gradients, or (LoRA, frozen
+/// norms) the scratch buffer.
+fn norm_grad<'g>(
+    view: Option<&'g mut CudaSlice<f32>>,
+    scratch: Option<&'g mut CudaSlice<f32>>,
+) -> Result<&'g mut CudaSlice<f32>> {
+    view.or(scratch)
+        .context("no gradient buffer for the norm weights")
+}
+
 /// Free memory on the engine's GPU, in bytes.
 fn free_memory(gpu: &Gpu) -> Result<u64> {
     let (free, _total) = guarded("reading the device memory", || {
@@ -439,6 +571,50 @@ pub fn host_memory_estimate(model: &ModelConfig) -> u128 {
     8 * model.checked_num_params()
 }
 
+/// The device memory of a LoRA run of the CUDA engine storing `elem_bytes`-wide values
+/// (2 for bf16, 4 for f32): the frozen base (dense in that type, or its linear layers in NF4
+/// and the rest dense, with the buffer one projection is dequantised into); the adapter's
+/// master weights, working copy and gradients; its two AdamW moments and decay mask; the
+/// activation arenas of a `batch × seq` micro-batch plus the adapters' `[n, r]` activations
+/// and scratch.
+pub fn lora_memory_estimate(
+    c: &ModelConfig,
+    lora: &crate::lora::LoraConfig,
+    quantize: Option<crate::quant::BaseQuant>,
+    batch: usize,
+    seq: usize,
+    elem_bytes: usize,
+) -> super::MemoryEstimate {
+    let elem = elem_bytes as u128;
+    let trained = crate::lora::AdapterLayout::new(c, lora).len() as u128;
+    let dense = match quantize {
+        Some(_) => Layout::without_linears(c).len(),
+        None => c.num_params(),
+    } as u128;
+    let n = batch * seq;
+    let (t_len, f32_len) = arena_len(c, batch, seq, lm_head_rows(c.vocab_size, elem_bytes));
+    let double = quantize.map(|q| q.double);
+    let (quantized, lora_acts) = match elem_bytes {
+        2 => (
+            DeviceLora::<Bf16>::quantized_bytes(c, double),
+            DeviceLora::<Bf16>::activation_bytes(c, lora, n),
+        ),
+        _ => (
+            DeviceLora::<f32>::quantized_bytes(c, double),
+            DeviceLora::<f32>::activation_bytes(c, lora, n),
+        ),
+    };
+    super::MemoryEstimate {
+        base: elem * dense + u128::from(quantized),
+        adapters: (8 + elem) * trained,
+        optimizer: 9 * trained,
+        activations: elem * t_len as u128
+            + 4 * f32_len as u128
+            + 8 * n as u128
+            + u128::from(lora_acts),
+    }
+}
+
 /// Storage type names, for messages (`--dtype`).
 fn dtype_name<T: Storage>() -> &'static str {
     T::SUFFIX
@@ -453,10 +629,18 @@ pub struct CudaEngine<T: Storage = f32> {
     blas: Blas,
     // Aliases are declared (and dropped) before the buffers they point into.
     shape: Option<Shape<T>>,
-    /// Views into the working weights.
+    /// Views into the working weights (with LoRA: into the frozen base).
     wv: TensorViews<T>,
-    /// Views into the gradients.
-    gv: TensorViews<f32>,
+    /// Views into the gradients (none with LoRA: the base gets no gradients).
+    gv: Option<TensorViews<f32>>,
+    /// LoRA: the adapter's description and activations; the master weights, working copy,
+    /// gradients and moments are then the adapter's.
+    lora: Option<DeviceLora<T>>,
+    /// LoRA: the frozen base's dense tensors in `T` and their layout (the full one, or
+    /// without the linear layers when they are in NF4).
+    frozen: Option<(DevBuf<T>, Layout)>,
+    /// LoRA: where the frozen norms' weight gradients go (`[dim]`, never read).
+    dnorm: Option<CudaSlice<f32>>,
     arena: Option<DevBuf<T>>,
     arena_f32: Option<DevBuf<f32>>,
     arena_u32: Option<DevBuf<u32>>,
@@ -553,7 +737,7 @@ impl<T: Precision> CudaEngine<T> {
         params: Vec<f32>,
         attention: AttentionKernels,
     ) -> Result<CudaEngine<T>> {
-        Self::build(ordinal, config, params, attention, None)
+        Self::build(ordinal, config, params, attention, None, None)
     }
 
     /// As [`CudaEngine::with_attention`], as one rank of the world `launch` describes: joins
@@ -567,7 +751,20 @@ impl<T: Precision> CudaEngine<T> {
         launch: &Launch,
         dp: &DataParallel,
     ) -> Result<CudaEngine<T>> {
-        Self::build(ordinal, config, params, attention, Some((launch, dp)))
+        Self::build(ordinal, config, params, attention, Some((launch, dp)), None)
+    }
+
+    /// A LoRA engine: `base` frozen (its linear layers in NF4 when the adapter says so),
+    /// `adapter` training; alone, or as one rank of `dp`.
+    pub fn with_lora(
+        ordinal: usize,
+        config: ModelConfig,
+        base: Vec<f32>,
+        adapter: Adapter,
+        attention: AttentionKernels,
+        dp: Option<(&Launch, &DataParallel)>,
+    ) -> Result<CudaEngine<T>> {
+        Self::build(ordinal, config, base, attention, dp, Some(adapter))
     }
 
     fn build(
@@ -576,12 +773,32 @@ impl<T: Precision> CudaEngine<T> {
         params: Vec<f32>,
         attention: AttentionKernels,
         dp: Option<(&Launch, &DataParallel)>,
+        adapter: Option<Adapter>,
     ) -> Result<CudaEngine<T>> {
         let layout = super::checked_layout(&config, params.len())?;
         let gpu = Gpu::new(ordinal).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let blas = Blas::for_gpu(&gpu).map_err(|e| anyhow!("cuda:{ordinal}: {e}"))?;
         let stream = gpu.stream.clone();
-        let n = layout.len();
+        // With LoRA what trains is the adapter: `params` becomes the frozen base.
+        let (params, decay_mask, frozen_host) = match &adapter {
+            None => {
+                let mask = decay_mask(&layout);
+                (params, mask, None)
+            }
+            Some(a) => {
+                let al = crate::lora::AdapterLayout::new(&config, &a.lora);
+                if a.params.len() != al.len() {
+                    bail!(
+                        "{} adapter parameters given, the adapter has {}",
+                        a.params.len(),
+                        al.len()
+                    );
+                }
+                let mask = decay_mask_of(&al.tensors, al.len());
+                (a.params.clone(), mask, Some(params))
+            }
+        };
+        let n = params.len();
         let nccl = dp
             .map(|(launch, dp)| Nccl::connect(&stream, launch, dp))
             .transpose()?;
@@ -603,6 +820,18 @@ impl<T: Precision> CudaEngine<T> {
         // parameter, for a moment: counted now, rather than found short at the first save.
         let gather = if zero.is_some() { padded as u64 * 4 } else { 0 };
         let state = state + gather;
+        let frozen_bytes = match (&adapter, &frozen_host) {
+            (Some(a), Some(base)) => {
+                let dense = match a.quantize {
+                    Some(_) => Layout::without_linears(&config).len(),
+                    None => base.len(),
+                };
+                (dense * size_of::<T>()) as u64
+                    + DeviceLora::<T>::quantized_bytes(&config, a.quantize.map(|q| q.double))
+            }
+            _ => 0,
+        };
+        let state = state + frozen_bytes;
         fits(
             state,
             free_memory(&gpu)?,
@@ -619,9 +848,39 @@ impl<T: Precision> CudaEngine<T> {
         let work = DevBuf::from_slice(&stream, gpu.upload(&padded_part(&work, 0..n, padded))?)?;
         let grads = DevBuf::from_slice(&stream, gpu.zeros::<f32>(padded)?)?;
         let grad_shard = zero.map(|_| gpu.zeros::<f32>(shard)).transpose()?;
-        let wv = TensorViews::new(&stream, &work, &config, &layout)?;
-        let gv = TensorViews::new(&stream, &grads, &config, &layout)?;
-        let decay: Vec<u8> = decay_mask(&layout).into_iter().map(u8::from).collect();
+        let (lora, frozen) = match (adapter, frozen_host) {
+            (Some(a), Some(base)) => {
+                let (dense, dense_layout, nf4) = match a.quantize {
+                    Some(q) => {
+                        let nf4 = crate::engine::cpu::nf4_base::Nf4Linears::quantize(
+                            &config, &layout, &base, q.double,
+                        )?;
+                        let compact = Layout::without_linears(&config);
+                        let dense =
+                            crate::engine::cpu::nf4_base::dense_part(&layout, &compact, &base);
+                        (dense, compact, Some(nf4))
+                    }
+                    None => (base, layout.clone(), None),
+                };
+                let buf = DevBuf::from_slice(&stream, gpu.upload(&to_storage::<T>(&dense))?)?;
+                let l = DeviceLora::new(&gpu, &config, a.lora, nf4.as_ref())?;
+                (Some(l), Some((buf, dense_layout)))
+            }
+            _ => (None, None),
+        };
+        let dnorm = lora
+            .as_ref()
+            .map(|_| gpu.zeros::<f32>(config.dim))
+            .transpose()?;
+        let wv = match &frozen {
+            Some((buf, l)) => TensorViews::new(&stream, buf, &config, l)?,
+            None => TensorViews::new(&stream, &work, &config, &layout)?,
+        };
+        let gv = match &frozen {
+            Some(_) => None,
+            None => Some(TensorViews::new(&stream, &grads, &config, &layout)?),
+        };
+        let decay: Vec<u8> = decay_mask.into_iter().map(u8::from).collect();
         let decay = gpu.upload(&padded_part(&decay, owned, shard))?;
         let exp_avg = gpu.zeros::<f32>(shard)?;
         let exp_avg_sq = gpu.zeros::<f32>(shard)?;
@@ -643,6 +902,9 @@ impl<T: Precision> CudaEngine<T> {
             shape: None,
             wv,
             gv,
+            dnorm,
+            lora,
+            frozen,
             arena: None,
             arena_f32: None,
             arena_u32: None,
@@ -680,18 +942,41 @@ impl<T: Precision> CudaEngine<T> {
         self.shape = None;
     }
 
-    /// The accumulated gradients, copied to the host (for tests).
+    /// The accumulated gradients, copied to the host (for tests): of the model, or with LoRA
+    /// of the adapter.
     pub fn grads(&self) -> Result<Vec<f32>> {
         let mut g = self.gpu.download(&self.grads.owner)?;
-        g.truncate(self.layout.len());
+        g.truncate(self.trainable_len());
         Ok(g)
+    }
+
+    /// Parameters that train: the model's, or with LoRA the adapter's.
+    fn trainable_len(&self) -> usize {
+        self.lora
+            .as_ref()
+            .map_or(self.layout.len(), |l| l.layout.len())
+    }
+
+    /// Where the LM head's weights start, in the working copy or (LoRA) the frozen base.
+    fn lm_head_offset(&self) -> usize {
+        self.frozen
+            .as_ref()
+            .map_or(self.layout.lm_head, |(_, l)| l.lm_head)
+    }
+
+    /// A view of the LM head's `len` weights at `off` ([`CudaEngine::lm_head_offset`]).
+    fn lm_head(&self, off: usize, len: usize) -> ingot_kernels::launch::CudaView<'_, T> {
+        match &self.frozen {
+            Some((buf, _)) => buf.owner.slice(off..off + len),
+            None => self.work.owner.slice(off..off + len),
+        }
     }
 
     /// The working weights widened to f32, copied to the host (for tests: in bf16 mode they
     /// must equal the master weights rounded to bf16).
     pub fn working_weights(&self) -> Result<Vec<f32>> {
         let w = self.gpu.download(&self.work.owner)?;
-        let n = self.layout.len();
+        let n = self.trainable_len();
         Ok(w.into_iter().take(n).map(Storage::to_f32).collect())
     }
 
@@ -836,15 +1121,26 @@ impl<T: Precision> CudaEngine<T> {
     ) -> Result<()> {
         self.ensure_shape(batch, seq)?;
         let c = &self.config;
-        let (n, d, f, hd) = (batch * seq, c.dim, c.ffn_dim, c.head_dim());
+        let (n, d, hd) = (batch * seq, c.dim, c.head_dim());
         let (nh, nkv) = (c.n_heads, c.n_kv_heads);
-        let (qd, kvd) = (nh * hd, nkv * hd);
+        let kvd = nkv * hd;
         let eps = c.rms_norm_eps as f32;
         let mma_attention = self.mma_attention;
-        let (gpu, blas, l) = (&self.gpu, &self.blas, &self.layout);
+        let gpu = &self.gpu;
         let stream = &gpu.stream;
-        let p = &self.work.owner;
         let pv = &self.wv;
+        if let Some(l) = self.lora.as_mut() {
+            l.ensure_rows(gpu, c, n)?;
+        }
+        let mut proj = Projections::new(
+            gpu,
+            &self.blas,
+            c,
+            &self.layout,
+            &self.work,
+            &self.frozen,
+            self.lora.as_mut(),
+        );
         let (Some(s), Some((_, cos, sin))) = (self.shape.as_mut(), self.rope.as_ref()) else {
             bail!("activations missing");
         };
@@ -872,7 +1168,6 @@ impl<T: Precision> CudaEngine<T> {
         let acts = &mut s.acts;
         gpu.embedding_forward(&mut *acts.blocks[0].x_in, &pv.embed, &s.tokens, d)?;
         for i in 0..c.n_layers {
-            let w = l.blocks[i];
             let (done, rest) = acts.blocks.split_at_mut(i + 1);
             let b = &mut done[i];
             gpu.rmsnorm_forward(
@@ -884,15 +1179,15 @@ impl<T: Precision> CudaEngine<T> {
                 d,
                 eps,
             )?;
-            linear(blas, &mut b.q, &b.h1, p, w.wq, n, d, qd)?;
+            proj.forward(i, Target::QProj, &mut b.q, &b.h1, n)?;
             gpu.rope(&mut *b.q, cos, sin, batch, seq, nh, hd, false)?;
             if let Some(sq) = sequence {
                 // The new keys and values are written straight into their cache rows (the
                 // GEMMs' outputs are views of them), so nothing is copied afterwards.
                 let mut k = sq.k[i].alias(stream, sq.past * kvd, n * kvd)?;
                 let mut v = sq.v[i].alias(stream, sq.past * kvd, n * kvd)?;
-                linear(blas, &mut k, &b.h1, p, w.wk, n, d, kvd)?;
-                linear(blas, &mut v, &b.h1, p, w.wv, n, d, kvd)?;
+                proj.forward(i, Target::KProj, &mut k, &b.h1, n)?;
+                proj.forward(i, Target::VProj, &mut v, &b.h1, n)?;
                 gpu.rope(&mut *k, cos, sin, batch, seq, nkv, hd, false)?;
                 gpu.attention_decode(
                     &mut *b.att,
@@ -907,8 +1202,8 @@ impl<T: Precision> CudaEngine<T> {
                     hd,
                 )?;
             } else {
-                linear(blas, &mut b.k, &b.h1, p, w.wk, n, d, kvd)?;
-                linear(blas, &mut b.v, &b.h1, p, w.wv, n, d, kvd)?;
+                proj.forward(i, Target::KProj, &mut b.k, &b.h1, n)?;
+                proj.forward(i, Target::VProj, &mut b.v, &b.h1, n)?;
                 gpu.rope(&mut *b.k, cos, sin, batch, seq, nkv, hd, false)?;
                 let attention_forward = if mma_attention {
                     Gpu::attention_forward_mma::<T>
@@ -929,7 +1224,7 @@ impl<T: Precision> CudaEngine<T> {
                     hd,
                 )?;
             }
-            linear(blas, &mut b.x_mid, &b.att, p, w.wo, n, qd, d)?;
+            proj.forward(i, Target::OProj, &mut b.x_mid, &b.att, n)?;
             gpu.add_inplace(&mut *b.x_mid, &b.x_in)?;
             gpu.rmsnorm_forward(
                 &mut *b.h2,
@@ -940,14 +1235,14 @@ impl<T: Precision> CudaEngine<T> {
                 d,
                 eps,
             )?;
-            linear(blas, &mut b.g, &b.h2, p, w.w_gate, n, d, f)?;
-            linear(blas, &mut b.u, &b.h2, p, w.w_up, n, d, f)?;
+            proj.forward(i, Target::GateProj, &mut b.g, &b.h2, n)?;
+            proj.forward(i, Target::UpProj, &mut b.u, &b.h2, n)?;
             gpu.swiglu_forward(&mut *b.a, &b.g, &b.u)?;
             let out: &mut CudaSlice<T> = match rest.first_mut() {
                 Some(next) => &mut next.x_in,
                 None => &mut acts.x_out,
             };
-            linear(blas, out, &b.a, p, w.w_down, n, f, d)?;
+            proj.forward(i, Target::DownProj, out, &b.a, n)?;
             gpu.add_inplace(out, &b.x_mid)?;
         }
         gpu.rmsnorm_forward(
@@ -983,9 +1278,12 @@ impl<T: Precision> CudaEngine<T> {
         let (d, v) = (self.config.dim, self.config.vocab_size);
         let count = batch.predictions().max(1) as f32;
         let scale = grad_scale.unwrap_or(0.0) / count;
-        let lm = self.layout.lm_head;
         let (gpu, blas) = (&self.gpu, &self.blas);
-        let p = &self.work.owner;
+        // The head's weights: the working copy's, or the frozen base's (LoRA: no gradient).
+        let (p, lm, head_trains) = match &self.frozen {
+            Some((buf, l)) => (&buf.owner, l.lm_head, false),
+            None => (&self.work.owner, self.layout.lm_head, true),
+        };
         let grads = &mut self.grads.owner;
         let Some(s) = self.shape.as_mut() else {
             bail!("activations missing");
@@ -1011,8 +1309,10 @@ impl<T: Precision> CudaEngine<T> {
             if grad_scale.is_some() {
                 let mut dh = acts.dh.slice_mut(r0 * d..(r0 + rows) * d);
                 blas.linear_backward_dx::<T, T>(&mut dh, &*slab.logits, &w_lm, rows, d, v)?;
-                let mut dw = grads.slice_mut(lm..lm + v * d);
-                blas.linear_backward_dw::<T>(&mut dw, &*slab.logits, &hf, rows, d, v, true)?;
+                if head_trains {
+                    let mut dw = grads.slice_mut(lm..lm + v * d);
+                    blas.linear_backward_dw::<T>(&mut dw, &*slab.logits, &hf, rows, d, v, true)?;
+                }
             }
         }
         gpu.cross_entropy_sum(&mut acts.loss_sum, &acts.losses)?;
@@ -1030,14 +1330,23 @@ impl<T: Precision> CudaEngine<T> {
     /// the CPU's `backward_trunk`.
     fn backward_trunk(&mut self, batch: usize, seq: usize) -> Result<()> {
         let c = &self.config;
-        let (n, d, f, hd) = (batch * seq, c.dim, c.ffn_dim, c.head_dim());
+        let (n, d, hd) = (batch * seq, c.dim, c.head_dim());
         let (nh, nkv) = (c.n_heads, c.n_kv_heads);
-        let (qd, kvd) = (nh * hd, nkv * hd);
         let mma_attention = self.mma_attention;
-        let (gpu, blas, l) = (&self.gpu, &self.blas, &self.layout);
-        let p = &self.work.owner;
+        let gpu = &self.gpu;
         let g = &mut self.grads.owner;
         let (pv, gv) = (&self.wv, &mut self.gv);
+        // With LoRA the norms are frozen: their gradients go to a scratch buffer, dropped.
+        let mut dnorm = self.dnorm.as_mut();
+        let mut proj = Projections::new(
+            gpu,
+            &self.blas,
+            c,
+            &self.layout,
+            &self.work,
+            &self.frozen,
+            self.lora.as_mut(),
+        );
         let (Some(s), Some((_, cos, sin))) = (self.shape.as_mut(), self.rope.as_ref()) else {
             bail!("activations missing");
         };
@@ -1045,7 +1354,10 @@ impl<T: Precision> CudaEngine<T> {
 
         gpu.rmsnorm_backward(
             &mut *a.dx,
-            &mut gv.final_norm,
+            norm_grad(
+                gv.as_mut().map(|v| &mut *v.final_norm),
+                dnorm.as_deref_mut(),
+            )?,
             &a.dh,
             &a.x_out,
             &pv.final_norm,
@@ -1054,17 +1366,19 @@ impl<T: Precision> CudaEngine<T> {
             d,
         )?;
         for i in (0..c.n_layers).rev() {
-            let o = l.blocks[i];
             let b = &a.blocks[i];
             // a.dx: gradient w.r.t. this block's output = x_mid + mlp(x_mid).
-            linear_back(blas, &mut a.da, g, p, o.w_down, &a.dx, &b.a, n, f, d)?;
+            proj.backward(i, Target::DownProj, &mut a.da, g, &a.dx, &b.a, n)?;
             gpu.swiglu_backward(&mut *a.dg, &mut *a.du, &a.da, &b.g, &b.u)?;
-            linear_back(blas, &mut a.dh, g, p, o.w_gate, &a.dg, &b.h2, n, d, f)?;
-            linear_back(blas, &mut a.dh_tmp, g, p, o.w_up, &a.du, &b.h2, n, d, f)?;
+            proj.backward(i, Target::GateProj, &mut a.dh, g, &a.dg, &b.h2, n)?;
+            proj.backward(i, Target::UpProj, &mut a.dh_tmp, g, &a.du, &b.h2, n)?;
             gpu.add_inplace(&mut *a.dh, &a.dh_tmp)?;
             gpu.rmsnorm_backward(
                 &mut *a.dx2,
-                &mut gv.mlp_norm[i],
+                norm_grad(
+                    gv.as_mut().map(|v| &mut *v.mlp_norm[i]),
+                    dnorm.as_deref_mut(),
+                )?,
                 &a.dh,
                 &b.x_mid,
                 &pv.mlp_norm[i],
@@ -1073,7 +1387,7 @@ impl<T: Precision> CudaEngine<T> {
                 d,
             )?;
             gpu.add_inplace(&mut *a.dx2, &a.dx)?; // a.dx2: gradient w.r.t. x_mid
-            linear_back(blas, &mut a.datt, g, p, o.wo, &a.dx2, &b.att, n, qd, d)?;
+            proj.backward(i, Target::OProj, &mut a.datt, g, &a.dx2, &b.att, n)?;
             let attention_backward = if mma_attention {
                 Gpu::attention_backward_mma::<T>
             } else {
@@ -1099,14 +1413,17 @@ impl<T: Precision> CudaEngine<T> {
             )?;
             gpu.rope(&mut *a.dq, cos, sin, batch, seq, nh, hd, true)?;
             gpu.rope(&mut *a.dk, cos, sin, batch, seq, nkv, hd, true)?;
-            linear_back(blas, &mut a.dh, g, p, o.wq, &a.dq, &b.h1, n, d, qd)?;
-            linear_back(blas, &mut a.dh_tmp, g, p, o.wk, &a.dk, &b.h1, n, d, kvd)?;
+            proj.backward(i, Target::QProj, &mut a.dh, g, &a.dq, &b.h1, n)?;
+            proj.backward(i, Target::KProj, &mut a.dh_tmp, g, &a.dk, &b.h1, n)?;
             gpu.add_inplace(&mut *a.dh, &a.dh_tmp)?;
-            linear_back(blas, &mut a.dh_tmp, g, p, o.wv, &a.dv, &b.h1, n, d, kvd)?;
+            proj.backward(i, Target::VProj, &mut a.dh_tmp, g, &a.dv, &b.h1, n)?;
             gpu.add_inplace(&mut *a.dh, &a.dh_tmp)?;
             gpu.rmsnorm_backward(
                 &mut *a.dx,
-                &mut gv.attn_norm[i],
+                norm_grad(
+                    gv.as_mut().map(|v| &mut *v.attn_norm[i]),
+                    dnorm.as_deref_mut(),
+                )?,
                 &a.dh,
                 &b.x_in,
                 &pv.attn_norm[i],
@@ -1116,7 +1433,9 @@ impl<T: Precision> CudaEngine<T> {
             )?;
             gpu.add_inplace(&mut *a.dx, &a.dx2)?; // a.dx: gradient w.r.t. x_in
         }
-        gpu.embedding_backward(&mut gv.embed, &a.dx, &s.tokens, d)?;
+        if let Some(gv) = gv.as_mut() {
+            gpu.embedding_backward(&mut gv.embed, &a.dx, &s.tokens, d)?;
+        }
         Ok(())
     }
 
@@ -1203,14 +1522,14 @@ impl<T: Precision> Engine for CudaEngine<T> {
         let seq = tokens.len();
         self.forward_trunk(tokens, 1, seq, false)?;
         let (d, v) = (self.config.dim, self.config.vocab_size);
-        let lm = self.layout.lm_head;
+        let lm = self.lm_head_offset();
         let Some(s) = self.shape.as_ref() else {
             bail!("activations missing");
         };
         // Evaluation only: a buffer of its own for the whole [seq, vocab], in f32 whatever
         // the storage type (cuBLASLt writes f32 from bf16 inputs directly).
         let mut out = self.gpu.zeros::<f32>(seq * v)?;
-        let w_lm = self.work.owner.slice(lm..lm + v * d);
+        let w_lm = self.lm_head(lm, v * d);
         self.blas
             .linear_forward::<T, f32>(&mut out, &*s.acts.hf, &w_lm, seq, d, v)?;
         Ok(self.gpu.download(&out)?)
@@ -1222,6 +1541,9 @@ impl<T: Precision> Engine for CudaEngine<T> {
     /// head_dim]` in `T` and RoPE tables for `capacity` positions; changing the weights
     /// (`set_params`, `step`) ends the sequence, since its cache was computed with the old ones.
     fn begin_sequence(&mut self, capacity: usize) -> Result<()> {
+        if self.lora.is_some() {
+            bail!("generation with a LoRA adapter is not supported: merge the adapter first (train merge)");
+        }
         super::check_capacity(&self.config, capacity)?;
         let c = &self.config;
         let elem = size_of::<T>();
@@ -1279,6 +1601,7 @@ impl<T: Precision> Engine for CudaEngine<T> {
         };
         // The LM head of the last row only: one row × vocab, in f32 as in `logits`.
         let last = s.acts.hf.slice((n - 1) * d..n * d);
+        // LoRA refuses sequences, so the head is the working copy's.
         let w_lm = self.work.owner.slice(lm..lm + v * d);
         self.blas
             .linear_forward::<T, f32>(&mut sq.logits, &last, &w_lm, 1, d, v)?;
@@ -1360,11 +1683,11 @@ impl<T: Precision> Engine for CudaEngine<T> {
     }
 
     fn set_params(&mut self, params: &[f32]) -> Result<()> {
-        if params.len() != self.layout.len() {
+        if params.len() != self.trainable_len() {
             bail!(
                 "{} parameters given, the model has {}",
                 params.len(),
-                self.layout.len()
+                self.trainable_len()
             );
         }
         // The cache holds keys and values of the old weights.
@@ -1411,7 +1734,11 @@ impl<T: Precision> Engine for CudaEngine<T> {
     /// Allocates the activations of micro-batches of `batch × seq` tokens now (the largest the
     /// run uses), so that a run that does not fit is refused before it starts.
     fn prepare(&mut self, batch: usize, seq: usize) -> Result<()> {
-        self.ensure_shape(batch, seq)
+        self.ensure_shape(batch, seq)?;
+        match self.lora.as_mut() {
+            Some(l) => l.ensure_rows(&self.gpu, &self.config, batch * seq),
+            None => Ok(()),
+        }
     }
 
     /// Device memory in use on this engine's GPU (`total − free` from the driver, so all of
@@ -1428,7 +1755,7 @@ impl<T: Precision> Engine for CudaEngine<T> {
     }
 
     fn set_optimizer_state(&mut self, state: OptimizerState) -> Result<()> {
-        let n = self.layout.len();
+        let n = self.trainable_len();
         if state.exp_avg.len() != n || state.exp_avg_sq.len() != n {
             bail!(
                 "optimizer state holds {} values, the model has {n} parameters",

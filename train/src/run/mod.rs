@@ -221,6 +221,26 @@ fn write_config(config: &RunConfig) -> Result<()> {
 fn check_memory(config: &RunConfig, leader: bool) -> Result<()> {
     let (model, device) = (&config.model, config.device);
     let need = match &config.lora {
+        Some(lora) if device.is_cuda() => {
+            let elem = match config.dtype {
+                crate::device::DType::Bf16 => 2,
+                crate::device::DType::F32 => 4,
+            };
+            let e = crate::engine::cuda::lora_memory_estimate(
+                model,
+                lora,
+                config.quantize,
+                config.batch_size,
+                config.seq_len,
+                elem,
+            );
+            if leader {
+                eprintln!("notice: estimated GPU memory: {e}");
+            }
+            // The host holds the base in f32 while it is uploaded (the GPU's own check is
+            // the engine's, when it allocates).
+            device.host_memory_estimate(model, config.batch_size, config.seq_len)
+        }
         Some(lora) => {
             let e = crate::engine::cpu::lora_memory_estimate(
                 model,

@@ -294,14 +294,7 @@ impl<T: Float> Model<T> {
             .collect();
         let nf4 = Nf4Linears::quantize(&self.config, &self.layout, &full, double)?;
         let compact = Layout::without_linears(&self.config);
-        let mut params = zeros(compact.len());
-        for t in &compact.tensors {
-            let from = self
-                .layout
-                .get(&t.name)
-                .expect("the compact layout's tensors are the full one's");
-            params[t.range()].copy_from_slice(&self.params[from.range()]);
-        }
+        let params = nf4_base::dense_part(&self.layout, &compact, &self.params);
         let largest = Target::ALL
             .iter()
             .map(|t| t.dims(&self.config))

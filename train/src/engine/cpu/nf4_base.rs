@@ -12,6 +12,19 @@ use crate::quant::nf4::{Nf4, Nf4Error};
 
 use super::ops::Float;
 
+/// The tensors of `full` (laid out by `layout`) that `compact` keeps, in its layout: what a
+/// quantised base holds dense.
+pub fn dense_part<T: Copy + Default>(layout: &Layout, compact: &Layout, full: &[T]) -> Vec<T> {
+    let mut out = vec![T::default(); compact.len()];
+    for t in &compact.tensors {
+        let from = layout
+            .get(&t.name)
+            .expect("the compact layout's tensors are the full one's");
+        out[t.range()].copy_from_slice(&full[from.range()]);
+    }
+    out
+}
+
 /// The quantised linear weights, `[layer][target]` in [`Target::ALL`] order.
 pub struct Nf4Linears {
     weights: Vec<Vec<Nf4>>,
@@ -57,6 +70,11 @@ impl Nf4Linears {
     pub fn dequantize_into<T: Float>(&self, layer: usize, t: Target, out: &mut [T]) {
         let q = &self.weights[layer][t as usize];
         q.dequantize_with(|i, v| out[i] = T::from(v).expect("f32 fits every float type"));
+    }
+
+    /// Block `layer`'s weight of `t`.
+    pub fn get(&self, layer: usize, t: Target) -> &Nf4 {
+        &self.weights[layer][t as usize]
     }
 
     /// Bytes held: packed codes and absmax values.
