@@ -10,9 +10,10 @@
 #      text with the key/value cache equals the uncached path's (f32), eval within 5% of the CPU;
 #   5. a micro-batch whose activations cannot fit on the GPU is refused with one line and no
 #      run directory;
-#   6. LoRA and QLoRA (--quantize nf4) on the straight run's last checkpoint for STEPS/2
-#      steps with --device: PEFT adapter checkpoints, stopped and resumed bit for bit, the
-#      final validation loss within 5% of the same run on the CPU and below the base's.
+#   6. LoRA, and QLoRA (--quantize nf4 --double-quant, with dropout and a trained LM head), on
+#      the straight run's last checkpoint for STEPS/2 steps with --device: PEFT adapter
+#      checkpoints, stopped and resumed bit for bit, the final validation loss within 5% of the
+#      same run on the CPU and below the base's.
 # Scripts/gpu-check.sh runs it with the bundle's binaries; DEVICE=cpu runs steps 1-4 on the
 # CPU only, to check this script on a machine without a GPU. scripts/emulated-gpu-check.sh
 # runs it on the stand-in CUDA device with shorter blocks and fewer steps (the environment
@@ -128,7 +129,8 @@ for quant in none nf4; do
     lora=(--shards "$work/shards" --init-from "$base" --lora-rank 8 --lora-alpha 16 --steps "$half"
         --batch-size "$batch" --lr 1e-2 --eval-every "$half" --eval-batches 4 --save-every "$((half / 2))"
         --log-every 1 --quiet)
-    if [ "$quant" = nf4 ]; then lora+=(--quantize nf4 --double-quant); fi
+    # QLoRA with dropout and a trained LM head: the masks and the saved module resume too.
+    if [ "$quant" = nf4 ]; then lora+=(--quantize nf4 --double-quant --lora-dropout 0.1 --lora-save lm_head); fi
     "$bin/train" "${lora[@]}" --device "$device" --out "$work/lora-$quant"
     "$bin/train" "${lora[@]}" --device "$device" --out "$work/lora-$quant-resumed" --stop-after "$((half / 2))"
     "$bin/train" "${lora[@]}" --device "$device" --out "$work/lora-$quant-resumed" --resume

@@ -1254,6 +1254,29 @@ impl Gpu {
         })
     }
 
+    // ---- lora.cu ---------------------------------------------------------------------------
+
+    /// `lora_dropout_{f32,bf16}`: `out[e] = in[e] · inv` where element `e` survives dropout
+    /// `p` under `key` (the CPU's hash), else 0; `out` may be `in`. Grid-stride over `n`.
+    pub fn lora_dropout<T: Storage>(
+        &self,
+        out: &mut CudaViewMut<'_, T>,
+        input: &CudaView<'_, T>,
+        key: u64,
+        p: f64,
+    ) -> Result<(), Error> {
+        check_len("lora_dropout", out.len(), input.len())?;
+        if !(0.0..1.0).contains(&p) {
+            return invalid(format!("lora_dropout: p = {p} is not in [0, 1)"));
+        }
+        let inv = (1.0 / (1.0 - p)) as f32;
+        let n64 = input.len() as u64;
+        let name = format!("lora_dropout_{}", T::SUFFIX);
+        self.launch(&name, grid_stride(n64), |a| {
+            a.arg(out).arg(input).arg(&key).arg(&p).arg(&inv).arg(&n64);
+        })
+    }
+
     // ---- nf4.cu ----------------------------------------------------------------------------
 
     /// `nf4_absmax`: double-quantised absmax values back to f32,

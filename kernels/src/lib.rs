@@ -142,6 +142,7 @@ pub const UNITS: &[Unit] = &[
         "nf4.cu",
         ["nf4_absmax", "nf4_dequantize_f32", "nf4_dequantize_bf16"]
     ),
+    unit!("lora.cu", ["lora_dropout_f32", "lora_dropout_bf16"]),
 ];
 
 /// `(file name, full source)` of every unit, `common.cuh` included in each.
@@ -157,7 +158,7 @@ mod tests {
 
     #[test]
     fn every_unit_is_self_contained() {
-        assert_eq!(sources().len(), 10);
+        assert_eq!(sources().len(), 11);
         for (name, src) in sources() {
             assert!(
                 src.starts_with(COMMON),

@@ -152,14 +152,6 @@ pub fn create(
     if !device.is_cuda() && attention != AttentionKernels::Auto {
         bail!("--attention {attention}: only the CUDA engine has a choice of attention kernels; leave it out, or use --device cuda");
     }
-    if let (true, Some(a)) = (device.is_cuda(), &weights.adapter) {
-        if a.lora.dropout > 0.0 {
-            bail!("--device {device}: --lora-dropout runs on the CPU engine only so far; give --lora-dropout 0, or use --device cpu");
-        }
-        if !a.lora.save.is_empty() {
-            bail!("--device {device}: --lora-save runs on the CPU engine only so far; leave it out, or use --device cpu");
-        }
-    }
     match device {
         Device::Cuda(asked_ordinal) => {
             let ordinal = match &dp.launch {

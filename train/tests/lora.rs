@@ -283,28 +283,6 @@ fn bad_lora_options_are_one_line_and_leave_no_run_directory() {
             &["--lora-rank", "4", "--lora-targets", "qkv"],
             "--lora-targets: no module \"qkv\"",
         ),
-        (
-            &[
-                "--lora-rank",
-                "4",
-                "--lora-dropout",
-                "0.1",
-                "--device",
-                "cuda",
-            ],
-            "--lora-dropout runs on the CPU engine only so far",
-        ),
-        (
-            &[
-                "--lora-rank",
-                "4",
-                "--lora-save",
-                "lm_head",
-                "--device",
-                "cuda",
-            ],
-            "--lora-save runs on the CPU engine only so far",
-        ),
         (&["--quantize", "nf4"], "it needs a LoRA run"),
         (
             &["--lora-rank", "4", "--double-quant"],

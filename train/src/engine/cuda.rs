@@ -641,6 +641,13 @@ pub struct CudaEngine<T: Storage = f32> {
     frozen: Option<(DevBuf<T>, Layout)>,
     /// LoRA: where the frozen norms' weight gradients go (`[dim]`, never read).
     dnorm: Option<CudaSlice<f32>>,
+    /// LoRA with `--lora-save embed_tokens`: the trained embedding's views into the adapter's
+    /// working copy and gradients.
+    saved_embed: Option<(Alias<T>, Alias<f32>)>,
+    /// LoRA dropout: the run's seed of the masks, and the micro-batches of this step so far
+    /// (each pass gets masks of its own, by rank, step and micro-batch, as on the CPU).
+    dropout_seed: u64,
+    micro: u64,
     arena: Option<DevBuf<T>>,
     arena_f32: Option<DevBuf<f32>>,
     arena_u32: Option<DevBuf<u32>>,
@@ -848,6 +855,7 @@ impl<T: Precision> CudaEngine<T> {
         let work = DevBuf::from_slice(&stream, gpu.upload(&padded_part(&work, 0..n, padded))?)?;
         let grads = DevBuf::from_slice(&stream, gpu.zeros::<f32>(padded)?)?;
         let grad_shard = zero.map(|_| gpu.zeros::<f32>(shard)).transpose()?;
+        let dropout_seed = adapter.as_ref().map_or(0, |a| a.seed);
         let (lora, frozen) = match (adapter, frozen_host) {
             (Some(a), Some(base)) => {
                 let (dense, dense_layout, nf4) = match a.quantize {
@@ -872,6 +880,14 @@ impl<T: Precision> CudaEngine<T> {
             .as_ref()
             .map(|_| gpu.zeros::<f32>(config.dim))
             .transpose()?;
+        let table = config.vocab_size * config.dim;
+        let saved_embed = match lora.as_ref().and_then(|l| l.layout.embed) {
+            Some(off) => Some((
+                work.alias(&stream, off, table)?,
+                grads.alias(&stream, off, table)?,
+            )),
+            None => None,
+        };
         let wv = match &frozen {
             Some((buf, l)) => TensorViews::new(&stream, buf, &config, l)?,
             None => TensorViews::new(&stream, &work, &config, &layout)?,
@@ -903,6 +919,9 @@ impl<T: Precision> CudaEngine<T> {
             wv,
             gv,
             dnorm,
+            saved_embed,
+            dropout_seed,
+            micro: 0,
             lora,
             frozen,
             arena: None,
@@ -950,6 +969,18 @@ impl<T: Precision> CudaEngine<T> {
         Ok(g)
     }
 
+    /// Sets the LoRA dropout masks of the next pass, as the CPU engine's `dropout_for`: a
+    /// training pass gets a seed of its own (by rank, step and micro-batch), evaluation none.
+    fn dropout_for(&mut self, training: bool) {
+        let key = [self.ranks.rank() as u64, self.step, self.micro];
+        let seed = key.iter().fold(self.dropout_seed, |h, &k| {
+            crate::model::init::Rng(h ^ k).next_u64()
+        });
+        if let Some(l) = self.lora.as_mut() {
+            l.dropout = (training && l.lora.dropout > 0.0).then_some(seed);
+        }
+    }
+
     /// Parameters that train: the model's, or with LoRA the adapter's.
     fn trainable_len(&self) -> usize {
         self.lora
@@ -957,18 +988,26 @@ impl<T: Precision> CudaEngine<T> {
             .map_or(self.layout.len(), |l| l.layout.len())
     }
 
-    /// Where the LM head's weights start, in the working copy or (LoRA) the frozen base.
+    /// The LM head's trained copy in the adapter (`--lora-save lm_head`), if any.
+    fn saved_head(&self) -> Option<usize> {
+        self.lora.as_ref().and_then(|l| l.layout.lm_head)
+    }
+
+    /// Where the LM head's weights start: in the working copy (the model's, or a trained
+    /// copy in the adapter) or in the frozen base.
     fn lm_head_offset(&self) -> usize {
-        self.frozen
-            .as_ref()
-            .map_or(self.layout.lm_head, |(_, l)| l.lm_head)
+        match (&self.frozen, self.saved_head()) {
+            (Some(_), Some(off)) => off,
+            (Some((_, l)), None) => l.lm_head,
+            (None, _) => self.layout.lm_head,
+        }
     }
 
     /// A view of the LM head's `len` weights at `off` ([`CudaEngine::lm_head_offset`]).
     fn lm_head(&self, off: usize, len: usize) -> ingot_kernels::launch::CudaView<'_, T> {
-        match &self.frozen {
-            Some((buf, _)) => buf.owner.slice(off..off + len),
-            None => self.work.owner.slice(off..off + len),
+        match (&self.frozen, self.saved_head()) {
+            (Some((buf, _)), None) => buf.owner.slice(off..off + len),
+            _ => self.work.owner.slice(off..off + len),
         }
     }
 
@@ -1166,7 +1205,8 @@ impl<T: Precision> CudaEngine<T> {
         };
         gpu.upload_into(tokens, &mut s.tokens)?;
         let acts = &mut s.acts;
-        gpu.embedding_forward(&mut *acts.blocks[0].x_in, &pv.embed, &s.tokens, d)?;
+        let table = self.saved_embed.as_ref().map_or(&pv.embed, |(w, _)| w);
+        gpu.embedding_forward(&mut *acts.blocks[0].x_in, table, &s.tokens, d)?;
         for i in 0..c.n_layers {
             let (done, rest) = acts.blocks.split_at_mut(i + 1);
             let b = &mut done[i];
@@ -1280,9 +1320,12 @@ impl<T: Precision> CudaEngine<T> {
         let scale = grad_scale.unwrap_or(0.0) / count;
         let (gpu, blas) = (&self.gpu, &self.blas);
         // The head's weights: the working copy's, or the frozen base's (LoRA: no gradient).
-        let (p, lm, head_trains) = match &self.frozen {
-            Some((buf, l)) => (&buf.owner, l.lm_head, false),
-            None => (&self.work.owner, self.layout.lm_head, true),
+        // (`--lora-save lm_head`: a trained copy in the adapter, whose gradient it gets.)
+        let saved_head = self.lora.as_ref().and_then(|l| l.layout.lm_head);
+        let (p, lm, head_trains) = match (&self.frozen, saved_head) {
+            (Some(_), Some(off)) => (&self.work.owner, off, true),
+            (Some((buf, l)), None) => (&buf.owner, l.lm_head, false),
+            (None, _) => (&self.work.owner, self.layout.lm_head, true),
         };
         let grads = &mut self.grads.owner;
         let Some(s) = self.shape.as_mut() else {
@@ -1436,6 +1479,9 @@ impl<T: Precision> CudaEngine<T> {
         if let Some(gv) = gv.as_mut() {
             gpu.embedding_backward(&mut gv.embed, &a.dx, &s.tokens, d)?;
         }
+        if let Some((_, dtable)) = self.saved_embed.as_mut() {
+            gpu.embedding_backward(dtable, &a.dx, &s.tokens, d)?;
+        }
         Ok(())
     }
 
@@ -1504,15 +1550,19 @@ impl<T: Precision> Engine for CudaEngine<T> {
 
     fn forward_backward(&mut self, batch: &Batch, grad_scale: f32) -> Result<f32> {
         batch.check(self.config.vocab_size)?;
+        self.dropout_for(true);
+        self.micro += 1;
         self.forward_backward_impl(batch, Some(grad_scale))
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<f32> {
         batch.check(self.config.vocab_size)?;
+        self.dropout_for(false);
         self.forward_backward_impl(batch, None)
     }
 
     fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.dropout_for(false);
         Batch {
             tokens,
             batch: 1,
@@ -1627,6 +1677,7 @@ impl<T: Precision> Engine for CudaEngine<T> {
         // The weights change: the cache holds keys and values of the old ones.
         self.sequence = None;
         self.step += 1;
+        self.micro = 0;
         let hyper = AdamWHyper {
             beta1: opt.beta1,
             beta2: opt.beta2,

@@ -6,16 +6,18 @@
 //!
 //! Per adapted projection `y = x·Wᵀ`, with `s` the scaling:
 //!
-//!   forward:   ts = s·(x·Aᵀ)            kept for the backward pass, [n, r] in `T`
+//!   forward:   xd = drop(x)             with dropout (kept, [n, in]), else x itself
+//!              ts = s·(xd·Aᵀ)           kept for the backward pass, [n, r] in `T`
 //!              y += ts·Bᵀ               through a scratch [n, out] and an add
 //!   backward:  dB += dyᵀ·ts             into the f32 adapter gradients
 //!              dt = s·(dy·B)            [n, r]
-//!              dA += dtᵀ·x
-//!              dx += dt·A               through the scratch and an add
+//!              dA += dtᵀ·xd
+//!              dx += drop(dt·A)         through the scratch and an add
 //!
-//! The base's weight-gradient products are skipped: only `dx = dy·W` runs for it. Not here
-//! yet (refused where the engine is made): dropout on the adapters' inputs, and modules
-//! trained whole (`--lora-save`).
+//! The base's weight-gradient products are skipped: only `dx = dy·W` runs for it. Modules
+//! trained whole (`--lora-save`) are views into the adapter's buffers, used by the engine
+//! for the embedding and the LM head. Dropout masks are the CPU engine's, from the same hash
+//! of (pass seed, layer, target, element) in `kernels/cuda/lora.cu`.
 
 use std::mem::size_of;
 
@@ -63,6 +65,8 @@ struct Acts<T> {
     tmp: CudaSlice<T>,
     /// `[n, r]`: `dt` of the backward pass.
     dt: CudaSlice<T>,
+    /// With dropout: each adapted projection's dropped-out input `[n, in]`, `[layer][target]`.
+    xd: Vec<Vec<Option<CudaSlice<T>>>>,
 }
 
 /// The adapter's description and the frozen base's linear weights, when they are quantised.
@@ -74,6 +78,8 @@ pub(super) struct DeviceLora<T> {
     /// The dequantised weight of one projection (NF4 only).
     deq: CudaSlice<T>,
     acts: Option<Acts<T>>,
+    /// The seed of this pass's dropout masks: `Some` in a training pass with dropout.
+    pub dropout: Option<u64>,
 }
 
 /// The weights of block projections: dense `params` laid out by `layout`, or NF4.
@@ -109,6 +115,7 @@ impl<T: Storage> DeviceLora<T> {
             nf4,
             deq,
             acts: None,
+            dropout: None,
         })
     }
 
@@ -146,7 +153,12 @@ impl<T: Storage> DeviceLora<T> {
             .max()
             .unwrap_or(1);
         let kept = lora.rank * c.n_layers * lora.targets.len();
-        (size_of::<T>() * n * (kept + widest + lora.rank)) as u64
+        let dropped: usize = if lora.dropout > 0.0 {
+            lora.targets.iter().map(|t| t.dims(c).0).sum::<usize>() * c.n_layers
+        } else {
+            0
+        };
+        (size_of::<T>() * n * (kept + dropped + widest + lora.rank)) as u64
     }
 
     /// Makes the adapters' activations fit micro-batches of `n` rows.
@@ -184,11 +196,26 @@ impl<T: Storage> DeviceLora<T> {
             .map(|(i, o)| i.max(o))
             .max()
             .unwrap_or(1);
+        let mut xd = Vec::with_capacity(c.n_layers);
+        for layer in 0..c.n_layers {
+            xd.push(
+                Target::ALL
+                    .iter()
+                    .map(|&t| match self.layout.pair(layer, t) {
+                        Some(_) if self.lora.dropout > 0.0 => {
+                            gpu.zeros::<T>(n * t.dims(c).0).map(Some)
+                        }
+                        _ => Ok(None),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
         self.acts = Some(Acts {
             n,
             ts,
             tmp: gpu.zeros::<T>(n * widest)?,
             dt: gpu.zeros::<T>(n * r)?,
+            xd,
         });
         Ok(())
     }
@@ -259,7 +286,15 @@ impl<T: Storage> DeviceLora<T> {
         let Some(ts) = acts.ts[layer][t as usize].as_mut() else {
             bail!("LoRA activation of layer {layer} {} missing", t.name());
         };
-        blas.linear_forward::<T, T>(ts, x, &a, n, in_dim, r)?;
+        let input = match (self.dropout, acts.xd[layer][t as usize].as_mut()) {
+            (Some(seed), Some(xd)) => {
+                let key = mask_key(seed, layer, t);
+                gpu.lora_dropout(&mut xd.slice_mut(..), &x.slice(..), key, self.lora.dropout)?;
+                &*xd
+            }
+            _ => x,
+        };
+        blas.linear_forward::<T, T>(ts, input, &a, n, in_dim, r)?;
         gpu.scale_inplace(&mut ts.slice_mut(..), self.scale)?;
         let mut tmp = acts.tmp.slice_mut(..n * out_dim);
         blas.linear_forward::<T, T>(&mut tmp, &*ts, &b, n, r, out_dim)?;
@@ -300,13 +335,33 @@ impl<T: Storage> DeviceLora<T> {
         blas.linear_backward_dw::<T>(&mut db, dy, ts, n, r, out_dim, true)?;
         blas.linear_backward_dx::<T, T>(&mut acts.dt, dy, &b, n, r, out_dim)?;
         gpu.scale_inplace(&mut acts.dt.slice_mut(..), self.scale)?;
+        let dropped = match self.dropout {
+            Some(seed) => acts.xd[layer][t as usize]
+                .as_mut()
+                .map(|xd| (mask_key(seed, layer, t), xd)),
+            None => None,
+        };
+        let input = dropped.as_ref().map_or(x, |(_, xd)| &**xd);
         let mut da = grads.slice_mut(p.a..p.a + r * in_dim);
-        blas.linear_backward_dw::<T>(&mut da, &acts.dt, x, n, in_dim, r, true)?;
+        blas.linear_backward_dw::<T>(&mut da, &acts.dt, input, n, in_dim, r, true)?;
         let mut tmp = acts.tmp.slice_mut(..n * in_dim);
         blas.linear_backward_dx::<T, T>(&mut tmp, &acts.dt, &a, n, in_dim, r)?;
-        gpu.add_view_inplace(dx, &acts.tmp.slice(..n * in_dim))?;
+        match dropped {
+            // The input's gradient through the same mask, into xd (no longer needed).
+            Some((key, xd)) => {
+                let dxd = acts.tmp.slice(..n * in_dim);
+                gpu.lora_dropout(&mut xd.slice_mut(..), &dxd, key, self.lora.dropout)?;
+                gpu.add_view_inplace(dx, &xd.slice(..))?;
+            }
+            None => gpu.add_view_inplace(dx, &acts.tmp.slice(..n * in_dim))?,
+        }
         Ok(())
     }
+}
+
+/// The key of (layer, target)'s dropout masks under the pass seed `seed`, as the CPU's.
+fn mask_key(seed: u64, layer: usize, t: Target) -> u64 {
+    seed ^ ((layer as u64) << 40) ^ ((t as u64) << 56)
 }
 
 fn upload_nf4(gpu: &Gpu, c: &ModelConfig, q: &Nf4Linears, largest: usize) -> Result<DeviceNf4> {
