@@ -189,3 +189,35 @@ fn bf16_round(v: f32) -> f32 {
     let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
     f32::from_bits(rounded)
 }
+
+/// An adapter without ingot's record of its base (as PEFT writes them) merges, with a notice
+/// that the base could not be checked.
+#[test]
+fn an_adapter_without_a_base_record_merges_with_a_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, base, base_path) = base_dir(dir.path(), hf::WeightDtype::F32, 5);
+    adapter_dir(dir.path(), &c, &base, &base_path);
+    // Rewrite the weights file without its metadata.
+    let file = dir.path().join("adapter/adapter_model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name.to_string(), view))
+        .collect();
+    let stripped = safetensors::serialize(tensors, None).unwrap();
+    std::fs::write(&file, stripped).unwrap();
+    let loaded = peft::read_adapter_dir(&dir.path().join("adapter"), &c).unwrap();
+    assert_eq!(loaded.base_sha256, None);
+
+    let out = dir.path().join("merged");
+    let o = merge(&[&base_path, &dir.path().join("adapter"), &out]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("notice: the adapter records no SHA-256 of its base"),
+        "{err}"
+    );
+    assert!(out.join("model.safetensors").is_file());
+}
