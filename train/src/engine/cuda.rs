@@ -19,6 +19,12 @@
 //! (`T` and f32 statistics) sized for the largest micro-batch seen (in tokens); a smaller
 //! shape reuses them, so a warm step allocates no device memory.
 //!
+//! LoRA ([`CudaEngine::with_lora`], `lora.rs`): the same buffers hold the adapter instead of
+//! the model, so the step, checkpoints and collectives are unchanged; the frozen base lives in
+//! a buffer of its own in `T` (its linear layers in NF4 with `--quantize nf4`) and gets no
+//! gradients. Every block projection goes through `Projections`, the one place where a
+//! weight is found (dense or dequantised) and an adapter joins it.
+//!
 //! Generation ([`Engine::begin_sequence`], [`Engine::extend_sequence`]) keeps per layer
 //! a key and a value cache `[capacity, n_kv_heads * head_dim]` in `T`, allocated when the
 //! sequence begins; the k and v GEMMs of new tokens write straight into their cache rows, and
