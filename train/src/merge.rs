@@ -39,6 +39,9 @@ pub fn run(args: &MergeArgs) -> Result<Merged> {
         Some(b) => b.clone(),
         None => adapter_base(&args.adapter)?,
     };
+    let (shape, _, _) =
+        hf::read_config(&base).with_context(|| format!("--base {}", base.display()))?;
+    check_memory(&shape, stored_bytes(&base))?;
     let model = hf::read_model_dir(&base).with_context(|| format!("--base {}", base.display()))?;
     let adapter = peft::read_adapter_dir(&args.adapter, &model.config)
         .with_context(|| format!("--adapter {}", args.adapter.display()))?;
@@ -52,11 +55,12 @@ pub fn run(args: &MergeArgs) -> Result<Merged> {
             );
         }
     }
+    let (bos, eos, dtype) = (model.bos, model.eos, model.dtype);
     let (config, params) =
-        lora::merge::merge(&model.config, &model.params, &adapter.lora, &adapter.params);
+        lora::merge::merge(&model.config, model.params, &adapter.lora, &adapter.params);
     let tmp = temporary_sibling(&args.out)?;
     let written = (|| -> Result<()> {
-        hf::write_weights_and_config(&tmp, &config, &params, model.dtype, model.bos, model.eos)?;
+        hf::write_weights_and_config(&tmp, &config, &params, dtype, bos, eos)?;
         copy_tokenizer_files(&base, &args.adapter, &tmp)
     })();
     if let Err(e) = written.and_then(|()| {
@@ -69,9 +73,48 @@ pub fn run(args: &MergeArgs) -> Result<Merged> {
     Ok(Merged {
         out: args.out.clone(),
         base,
-        dtype: model.dtype,
+        dtype,
         base_checked: adapter.base_sha256.is_some(),
     })
+}
+
+/// Bytes per weight of a model directory's files, from its `config.json` (`torch_dtype`, or
+/// transformers 5's `dtype`); 4 when it does not say.
+fn stored_bytes(dir: &Path) -> u128 {
+    let cfg: Option<serde_json::Value> = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let dtype = cfg.as_ref().and_then(|v| {
+        v.get("torch_dtype")
+            .or_else(|| v.get("dtype"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+    });
+    match dtype.as_deref() {
+        Some("bfloat16" | "float16") => 2,
+        _ => 4,
+    }
+}
+
+/// Refuses, before anything is read, a merge that cannot fit in the available memory: the
+/// base in f32 (merged in place, plus an LM head when a tied base is untied), its encoding
+/// for the file (`stored` bytes per weight), and the adapter.
+fn check_memory(c: &crate::model::ModelConfig, stored: u128) -> Result<()> {
+    let n = c.checked_num_params();
+    let head = (c.vocab_size * c.dim) as u128;
+    // The adapter: at most both tables trained whole, plus low-rank matrices far smaller.
+    let need = (4 + stored) * (n + head) + 4 * 3 * head;
+    if let Some(avail) = crate::run::available_memory() {
+        if need > avail {
+            let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+            bail!(
+                "merging needs about {:.1} GiB (the weights in f32 and as written) but {:.1} GiB of memory is available; merge on a machine with more memory",
+                gib(need),
+                gib(avail)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The base named in `adapter_config.json`, when `--base` was not given.

@@ -672,14 +672,21 @@ fn lora_setup(
     seed: u64,
     save: &[ingot_train::lora::Saved],
     dropout: f64,
+    subset: bool,
 ) -> (ingot_train::lora::LoraConfig, Vec<f32>) {
     use ingot_train::lora::{AdapterLayout, LoraConfig, Target};
+    // The subset: some projections without an adapter, and rsLoRA's α/√r.
+    let targets = if subset {
+        vec![Target::QProj, Target::VProj, Target::DownProj]
+    } else {
+        Target::ALL.to_vec()
+    };
     let lora = LoraConfig {
         rank: 4,
         alpha: 8.0,
         dropout,
-        rslora: false,
-        targets: Target::ALL.to_vec(),
+        rslora: subset,
+        targets,
         save: save.to_vec(),
     };
     let layout = Layout::new(c);
@@ -738,20 +745,24 @@ fn lora_and_qlora_match_the_cpu() {
     let toks = tokens(BATCH * SEQ, 300, 32);
     let opt = AdamW::default();
     let both = [Saved::EmbedTokens, Saved::LmHead];
-    let cases: [(bool, Option<bool>, &[Saved], f64); 8] = [
-        (false, None, &[], 0.0),
-        (false, Some(false), &[], 0.0),
-        (false, Some(true), &[], 0.0),
-        (false, None, &both, 0.0),
-        (true, None, &both, 0.0),
-        (true, Some(true), &[Saved::LmHead], 0.0),
-        (false, None, &[], 0.1),
-        (true, Some(false), &both, 0.25),
+    // (tied, NF4 with double quantisation or not, saved modules, dropout, subset + rsLoRA)
+    type Case<'a> = (bool, Option<bool>, &'a [Saved], f64, bool);
+    let cases: [Case; 9] = [
+        (false, None, &[], 0.0, false),
+        (false, Some(false), &[], 0.0, false),
+        (false, Some(true), &[], 0.0, false),
+        (false, None, &both, 0.0, false),
+        (true, None, &both, 0.0, false),
+        (true, Some(true), &[Saved::LmHead], 0.0, false),
+        (false, None, &[], 0.1, false),
+        (true, Some(false), &both, 0.25, false),
+        (false, Some(true), &[Saved::EmbedTokens], 0.1, true),
     ];
-    for (tie, quantize, save, dropout) in cases {
+    let other = tokens(BATCH * SEQ, 300, 35);
+    for (tie, quantize, save, dropout, subset) in cases {
         let c = config(tie);
         let base = params(&c, 31);
-        let (lora, adapter) = lora_setup(&c, &base, 33, save, dropout);
+        let (lora, adapter) = lora_setup(&c, &base, 33, save, dropout, subset);
         let Some(mut gpu) = cuda_lora::<f32>(&c, base.clone(), &lora, adapter.clone(), quantize)
         else {
             return;
@@ -766,7 +777,7 @@ fn lora_and_qlora_match_the_cpu() {
         let lc = cpu.forward_backward(&batch(&toks), 1.0).unwrap();
         let lg = gpu.forward_backward(&batch(&toks), 1.0).unwrap();
         println!(
-            "LoRA (tied {tie}, nf4 {quantize:?}, saved {save:?}, dropout {dropout}): loss cpu {lc} gpu {lg} rel {:.2e}",
+            "LoRA (tied {tie}, nf4 {quantize:?}, saved {save:?}, dropout {dropout}, subset and rsLoRA {subset}): loss cpu {lc} gpu {lg} rel {:.2e}",
             rel1(lg, lc)
         );
         assert!(rel1(lg, lc) < FWD_TOL, "loss: gpu {lg} cpu {lc}");
@@ -779,13 +790,27 @@ fn lora_and_qlora_match_the_cpu() {
         let seq = &toks[..SEQ - 5];
         let e = rel(&gpu.logits(seq).unwrap(), &cpu.logits(seq).unwrap());
         assert!(e < FWD_TOL, "logits: relative error {e}");
+        // Two accumulated micro-batches per step after the first (each its own dropout
+        // masks), with a shorter evaluation pass between steps.
         for step in 0..5 {
             if step > 0 {
-                cpu.forward_backward(&batch(&toks), 1.0).unwrap();
-                gpu.forward_backward(&batch(&toks), 1.0).unwrap();
+                for t in [&toks, &other] {
+                    cpu.forward_backward(&batch(t), 0.5).unwrap();
+                    gpu.forward_backward(&batch(t), 0.5).unwrap();
+                }
             }
             cpu.step(&opt, 1e-2, Some(1.0)).unwrap();
             gpu.step(&opt, 1e-2, Some(1.0)).unwrap();
+            let short = Batch {
+                tokens: &other[..SEQ],
+                batch: 1,
+                seq: SEQ,
+            };
+            let (ec, eg) = (cpu.loss(&short).unwrap(), gpu.loss(&short).unwrap());
+            assert!(
+                rel1(eg, ec) < TRAIN_TOL,
+                "eval loss after step {step}: gpu {eg} cpu {ec}"
+            );
         }
         let (pg, pc) = (gpu.params().unwrap(), cpu.params().unwrap());
         let e = rel(&pg, &pc);
@@ -797,7 +822,7 @@ fn lora_and_qlora_match_the_cpu() {
     // bf16 storage: against the CPU engine on the base rounded to bf16.
     let c = config(false);
     let base = params(&c, 31);
-    let (lora, adapter) = lora_setup(&c, &base, 34, &[], 0.0);
+    let (lora, adapter) = lora_setup(&c, &base, 34, &[], 0.0, false);
     let Some(mut gpu) = cuda_lora::<Bf16>(&c, base.clone(), &lora, adapter.clone(), None) else {
         return;
     };

@@ -146,7 +146,7 @@ fn a_bf16_base_merges_to_bf16_and_the_adapter_finds_its_base() {
     let merged = hf::read_model_dir(&out).unwrap();
     assert_eq!(merged.dtype, hf::WeightDtype::Bf16);
     let adapter = peft::read_adapter_dir(&dir.path().join("adapter"), &c).unwrap();
-    let (_, want) = lora::merge::merge(&c, &base, &lora, &adapter.params);
+    let (_, want) = lora::merge::merge(&c, base.clone(), &lora, &adapter.params);
     let rounded: Vec<f32> = want.iter().map(|&v| bf16_round(v)).collect();
     assert_eq!(common::bits32(&merged.params), common::bits32(&rounded));
 }
@@ -220,4 +220,38 @@ fn an_adapter_without_a_base_record_merges_with_a_notice() {
         "{err}"
     );
     assert!(out.join("model.safetensors").is_file());
+}
+
+/// A merge that cannot fit in memory is refused in one line before the weights are read.
+#[test]
+fn a_merge_too_large_for_memory_is_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, base, base_path) = base_dir(dir.path(), hf::WeightDtype::F32, 6);
+    adapter_dir(dir.path(), &c, &base, &base_path);
+    // A config.json claiming a model of 58 B parameters (no weights behind it): merging it
+    // needs about 430 GiB.
+    let huge = dir.path().join("huge");
+    std::fs::create_dir(&huge).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base_path.join("config.json")).unwrap())
+            .unwrap();
+    cfg["hidden_size"] = serde_json::json!(8192);
+    cfg["intermediate_size"] = serde_json::json!(28672);
+    cfg["num_hidden_layers"] = serde_json::json!(60);
+    cfg["num_attention_heads"] = serde_json::json!(64);
+    cfg["num_key_value_heads"] = serde_json::json!(64);
+    cfg["head_dim"] = serde_json::json!(128);
+    let avail = ingot_train::run::available_memory();
+    if avail.is_none_or(|a| a > 400 << 30) {
+        println!("SKIPPED: this machine has {avail:?} bytes available, enough to merge 58 B parameters; the refusal did not run");
+        return;
+    }
+    std::fs::write(huge.join("config.json"), cfg.to_string()).unwrap();
+    let out = dir.path().join("merged");
+    let err = the_error_line(&merge(&[&huge, &dir.path().join("adapter"), &out]).stderr);
+    assert!(
+        err.contains("merging needs about") && err.contains("GiB"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }

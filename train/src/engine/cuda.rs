@@ -102,10 +102,14 @@ impl<T> Alias<T> {
 
     /// An alias of `len` elements from element `off` of this one.
     fn sub(&self, stream: &Arc<CudaStream>, off: usize, len: usize) -> Result<Alias<T>> {
-        if off + len > self.slice.len() {
+        // Checked: an offset such as `Layout`'s ELSEWHERE must fail, not wrap.
+        if off
+            .checked_add(len)
+            .is_none_or(|end| end > self.slice.len())
+        {
             bail!(
                 "view {off}..{} outside a buffer of {}",
-                off + len,
+                off.saturating_add(len),
                 self.slice.len()
             );
         }
@@ -154,10 +158,14 @@ impl<T: ingot_kernels::launch::DeviceRepr> DevBuf<T> {
     }
 
     fn alias(&self, stream: &Arc<CudaStream>, off: usize, len: usize) -> Result<Alias<T>> {
-        if off + len > self.owner.len() {
+        // Checked: an offset such as `Layout`'s ELSEWHERE must fail, not wrap.
+        if off
+            .checked_add(len)
+            .is_none_or(|end| end > self.owner.len())
+        {
             bail!(
                 "view {off}..{} outside a buffer of {}",
-                off + len,
+                off.saturating_add(len),
                 self.owner.len()
             );
         }

@@ -6,30 +6,28 @@ use rayon::prelude::*;
 use super::{AdapterLayout, LoraConfig, Target};
 use crate::model::{Layout, ModelConfig};
 
-/// The merged model's shape and weights. A tied base whose embedding or head was trained
-/// whole comes out untied, as the adapted model computes it (PEFT trains a separate copy
-/// of each saved module, so the two no longer share one table).
+/// The merged model's shape and weights, computed in `base`'s own buffer (an 8B model's
+/// weights are 32 GB in f32: no second copy). A tied base whose embedding or head was
+/// trained whole comes out untied, as the adapted model computes it (PEFT trains a separate
+/// copy of each saved module, so the two no longer share one table): its head, the last
+/// tensor of an untied layout, is appended.
 pub fn merge(
     c: &ModelConfig,
-    base: &[f32],
+    base: Vec<f32>,
     lora: &LoraConfig,
     adapter: &[f32],
 ) -> (ModelConfig, Vec<f32>) {
-    let base_layout = Layout::new(c);
     let al = AdapterLayout::new(c, lora);
     let s = lora.scaling() as f32;
     let mut out_config = c.clone();
+    let mut params = base;
     if c.tie_embeddings && !lora.save.is_empty() {
         out_config.tie_embeddings = false;
+        let embed = Layout::new(c).embed;
+        params.extend_from_within(embed..embed + al.table_len);
     }
     let out_layout = Layout::new(&out_config);
-    let mut params = vec![0f32; out_layout.len()];
-    for t in &out_layout.tensors {
-        let src = base_layout
-            .get(&t.name)
-            .map_or(base_layout.lm_head, |b| b.offset);
-        params[t.range()].copy_from_slice(&base[src..src + t.len]);
-    }
+    debug_assert_eq!(params.len(), out_layout.len());
     for (i, block) in out_layout.blocks.iter().enumerate() {
         for target in Target::ALL {
             let Some(p) = al.pair(i, target) else {
@@ -94,7 +92,7 @@ mod tests {
         let al = AdapterLayout::new(&c, &lora);
         let mut rng = Rng(5);
         let adapter: Vec<f32> = (0..al.len()).map(|_| rng.normal() as f32).collect();
-        let (mc, merged) = merge(&c, &base, &lora, &adapter);
+        let (mc, merged) = merge(&c, base.clone(), &lora, &adapter);
         assert!(!mc.tie_embeddings);
         let ml = Layout::new(&mc);
         // One entry of layer 2's v_proj by hand: W[o, j] + 1.5 · Σ_k B[o, k]·A[k, j].

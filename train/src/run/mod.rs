@@ -215,6 +215,18 @@ fn write_config(config: &RunConfig) -> Result<()> {
     std::fs::write(dir.join("config.json"), resolved).context("cannot write the resolved config")
 }
 
+/// Bytes of memory available to a new allocation (Linux `/proc/meminfo`'s MemAvailable), or
+/// `None` where the system does not say.
+pub fn available_memory() -> Option<u128> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u128>().ok())
+            .map(|kb| kb * 1024)
+    })
+}
+
 /// Refuses a run that cannot fit in the memory this machine has available (Linux
 /// `/proc/meminfo`), instead of aborting on an allocation later; the estimate is the
 /// engine's own.
@@ -264,14 +276,7 @@ fn check_memory(config: &RunConfig, leader: bool) -> Result<()> {
             "lower --batch-size or --seq-len (attention keeps batch × heads × seq² values per layer), or use a smaller model",
         )
     };
-    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find(|l| l.starts_with("MemAvailable:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u128>().ok())
-            .map(|kb| kb * 1024)
-    });
-    if let Some(avail) = available {
+    if let Some(avail) = available_memory() {
         if need > avail {
             let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
             bail!(

@@ -55,18 +55,20 @@ struct DeviceNf4 {
     absmax: CudaSlice<f32>,
 }
 
-/// The activations and scratch of the adapters for micro-batches of `n` rows.
+/// The activations and scratch of the adapters, for micro-batches of up to `cap` rows (they
+/// only grow, as the engine's arenas do); the pass under way has `n`.
 struct Acts<T> {
+    cap: usize,
     n: usize,
-    /// `ts = s·(x·Aᵀ)` of every adapted projection, `[layer][target]`.
+    /// `ts = s·(xd·Aᵀ)` of every adapted projection, `[layer][target]`, `[cap, r]` each.
     ts: Vec<Vec<Option<CudaSlice<T>>>>,
-    /// `[n, widest]`: a low-rank product before it is added, and the base's dequantised
-    /// output gradient.
+    /// `[cap, widest]`: `ts·Bᵀ` before it is added (forward), `dt·A` (backward).
     tmp: CudaSlice<T>,
-    /// `[n, r]`: `dt` of the backward pass.
+    /// `[cap, r]`: `dt` of the backward pass.
     dt: CudaSlice<T>,
-    /// With dropout: each adapted projection's dropped-out input `[n, in]`, `[layer][target]`.
-    xd: Vec<Vec<Option<CudaSlice<T>>>>,
+    /// With dropout, `[cap, widest input]`: the dropped-out input of the projection at hand.
+    /// Not kept between the passes: the masks are a hash, so the backward pass makes it again.
+    xd: Option<CudaSlice<T>>,
 }
 
 /// The adapter's description and the frozen base's linear weights, when they are quantised.
@@ -146,31 +148,33 @@ impl<T: Storage> DeviceLora<T> {
 
     /// Device bytes of the adapters' activations and scratch for micro-batches of `n` rows.
     pub fn activation_bytes(c: &ModelConfig, lora: &LoraConfig, n: usize) -> u64 {
-        let widest = Target::ALL
-            .iter()
-            .map(|t| t.dims(c))
-            .map(|(i, o)| i.max(o))
-            .max()
-            .unwrap_or(1);
+        let widest = |f: fn((usize, usize)) -> usize| {
+            Target::ALL.iter().map(|t| f(t.dims(c))).max().unwrap_or(1)
+        };
         let kept = lora.rank * c.n_layers * lora.targets.len();
-        let dropped: usize = if lora.dropout > 0.0 {
-            lora.targets.iter().map(|t| t.dims(c).0).sum::<usize>() * c.n_layers
+        let dropped = if lora.dropout > 0.0 {
+            widest(|(i, _)| i)
         } else {
             0
         };
-        (size_of::<T>() * n * (kept + dropped + widest + lora.rank)) as u64
+        let scratch = widest(|(i, o)| i.max(o)) + lora.rank;
+        (size_of::<T>() * n * (kept + dropped + scratch)) as u64
     }
 
-    /// Makes the adapters' activations fit micro-batches of `n` rows.
+    /// Makes the adapters' activations fit micro-batches of `n` rows, growing them (the only
+    /// allocation) when no shape before needed as many.
     pub fn ensure_rows(&mut self, gpu: &Gpu, c: &ModelConfig, n: usize) -> Result<()> {
-        if self.acts.as_ref().is_some_and(|a| a.n == n) {
+        if let Some(a) = self.acts.as_mut().filter(|a| a.cap >= n) {
+            a.n = n;
             return Ok(());
         }
-        self.acts = None;
-        let need = Self::activation_bytes(c, &self.lora, n);
+        let freed = self
+            .acts
+            .take()
+            .map_or(0, |a| Self::activation_bytes(c, &self.lora, a.cap));
         super::fits(
-            need,
-            super::free_memory(gpu)?,
+            Self::activation_bytes(c, &self.lora, n),
+            super::free_memory(gpu)? + freed,
             &format!("cuda:{}", gpu.info.ordinal),
             &format!("the adapters' activations of a micro-batch of {n} tokens"),
             "lower --batch-size (raising --grad-accum keeps the tokens per step) or --seq-len",
@@ -190,30 +194,17 @@ impl<T: Storage> DeviceLora<T> {
                     .collect::<Result<Vec<_>, _>>()?,
             );
         }
-        let widest = Target::ALL
-            .iter()
-            .map(|t| t.dims(c))
-            .map(|(i, o)| i.max(o))
-            .max()
-            .unwrap_or(1);
-        let mut xd = Vec::with_capacity(c.n_layers);
-        for layer in 0..c.n_layers {
-            xd.push(
-                Target::ALL
-                    .iter()
-                    .map(|&t| match self.layout.pair(layer, t) {
-                        Some(_) if self.lora.dropout > 0.0 => {
-                            gpu.zeros::<T>(n * t.dims(c).0).map(Some)
-                        }
-                        _ => Ok(None),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            );
-        }
+        let widest = |f: fn((usize, usize)) -> usize| {
+            Target::ALL.iter().map(|t| f(t.dims(c))).max().unwrap_or(1)
+        };
+        let xd = (self.lora.dropout > 0.0)
+            .then(|| gpu.zeros::<T>(n * widest(|(i, _)| i)))
+            .transpose()?;
         self.acts = Some(Acts {
+            cap: n,
             n,
             ts,
-            tmp: gpu.zeros::<T>(n * widest)?,
+            tmp: gpu.zeros::<T>(n * widest(|(i, o)| i.max(o)))?,
             dt: gpu.zeros::<T>(n * r)?,
             xd,
         });
@@ -286,18 +277,19 @@ impl<T: Storage> DeviceLora<T> {
         let Some(ts) = acts.ts[layer][t as usize].as_mut() else {
             bail!("LoRA activation of layer {layer} {} missing", t.name());
         };
-        let input = match (self.dropout, acts.xd[layer][t as usize].as_mut()) {
+        let mut ts = ts.slice_mut(..n * r);
+        match (self.dropout, acts.xd.as_mut()) {
             (Some(seed), Some(xd)) => {
                 let key = mask_key(seed, layer, t);
-                gpu.lora_dropout(&mut xd.slice_mut(..), &x.slice(..), key, self.lora.dropout)?;
-                &*xd
+                let mut xd = xd.slice_mut(..n * in_dim);
+                gpu.lora_dropout(&mut xd, &x.slice(..), key, self.lora.dropout)?;
+                blas.linear_forward::<T, T>(&mut ts, &xd, &a, n, in_dim, r)?;
             }
-            _ => x,
-        };
-        blas.linear_forward::<T, T>(ts, input, &a, n, in_dim, r)?;
-        gpu.scale_inplace(&mut ts.slice_mut(..), self.scale)?;
+            _ => blas.linear_forward::<T, T>(&mut ts, x, &a, n, in_dim, r)?,
+        }
+        gpu.scale_inplace(&mut ts, self.scale)?;
         let mut tmp = acts.tmp.slice_mut(..n * out_dim);
-        blas.linear_forward::<T, T>(&mut tmp, &*ts, &b, n, r, out_dim)?;
+        blas.linear_forward::<T, T>(&mut tmp, &ts, &b, n, r, out_dim)?;
         gpu.add_view_inplace(y, &acts.tmp.slice(..n * out_dim))?;
         Ok(())
     }
@@ -332,26 +324,36 @@ impl<T: Storage> DeviceLora<T> {
             bail!("LoRA activation of layer {layer} {} missing", t.name());
         };
         let mut db = grads.slice_mut(p.b..p.b + out_dim * r);
-        blas.linear_backward_dw::<T>(&mut db, dy, ts, n, r, out_dim, true)?;
-        blas.linear_backward_dx::<T, T>(&mut acts.dt, dy, &b, n, r, out_dim)?;
-        gpu.scale_inplace(&mut acts.dt.slice_mut(..), self.scale)?;
-        let dropped = match self.dropout {
-            Some(seed) => acts.xd[layer][t as usize]
-                .as_mut()
-                .map(|xd| (mask_key(seed, layer, t), xd)),
-            None => None,
-        };
-        let input = dropped.as_ref().map_or(x, |(_, xd)| &**xd);
+        blas.linear_backward_dw::<T>(&mut db, dy, &ts.slice(..n * r), n, r, out_dim, true)?;
+        let mut dt = acts.dt.slice_mut(..n * r);
+        blas.linear_backward_dx::<T, T>(&mut dt, dy, &b, n, r, out_dim)?;
+        gpu.scale_inplace(&mut dt, self.scale)?;
+        let dt = acts.dt.slice(..n * r);
         let mut da = grads.slice_mut(p.a..p.a + r * in_dim);
-        blas.linear_backward_dw::<T>(&mut da, &acts.dt, input, n, in_dim, r, true)?;
+        let dropped = match (self.dropout, acts.xd.as_mut()) {
+            (Some(seed), Some(xd)) => {
+                // The forward pass's dropped-out input, made again from the same masks.
+                let key = mask_key(seed, layer, t);
+                let mut xdv = xd.slice_mut(..n * in_dim);
+                gpu.lora_dropout(&mut xdv, &x.slice(..), key, self.lora.dropout)?;
+                let xdv = xd.slice(..n * in_dim);
+                blas.linear_backward_dw::<T>(&mut da, &dt, &xdv, n, in_dim, r, true)?;
+                Some((key, xd))
+            }
+            _ => {
+                blas.linear_backward_dw::<T>(&mut da, &dt, x, n, in_dim, r, true)?;
+                None
+            }
+        };
         let mut tmp = acts.tmp.slice_mut(..n * in_dim);
-        blas.linear_backward_dx::<T, T>(&mut tmp, &acts.dt, &a, n, in_dim, r)?;
+        blas.linear_backward_dx::<T, T>(&mut tmp, &dt, &a, n, in_dim, r)?;
         match dropped {
-            // The input's gradient through the same mask, into xd (no longer needed).
+            // The input's gradient through the same mask, into the dropout scratch.
             Some((key, xd)) => {
                 let dxd = acts.tmp.slice(..n * in_dim);
-                gpu.lora_dropout(&mut xd.slice_mut(..), &dxd, key, self.lora.dropout)?;
-                gpu.add_view_inplace(dx, &xd.slice(..))?;
+                let mut out = xd.slice_mut(..n * in_dim);
+                gpu.lora_dropout(&mut out, &dxd, key, self.lora.dropout)?;
+                gpu.add_view_inplace(dx, &xd.slice(..n * in_dim))?;
             }
             None => gpu.add_view_inplace(dx, &acts.tmp.slice(..n * in_dim))?,
         }
