@@ -41,7 +41,7 @@ pub fn run(args: &MergeArgs) -> Result<Merged> {
     };
     let (shape, _, _) =
         hf::read_config(&base).with_context(|| format!("--base {}", base.display()))?;
-    check_memory(&shape, stored_bytes(&base))?;
+    check_memory(&shape, hf::declared_bytes_per_weight(&base))?;
     let model = hf::read_model_dir(&base).with_context(|| format!("--base {}", base.display()))?;
     let adapter = peft::read_adapter_dir(&args.adapter, &model.config)
         .with_context(|| format!("--adapter {}", args.adapter.display()))?;
@@ -76,24 +76,6 @@ pub fn run(args: &MergeArgs) -> Result<Merged> {
         dtype,
         base_checked: adapter.base_sha256.is_some(),
     })
-}
-
-/// Bytes per weight of a model directory's files, from its `config.json` (`torch_dtype`, or
-/// transformers 5's `dtype`); 4 when it does not say.
-fn stored_bytes(dir: &Path) -> u128 {
-    let cfg: Option<serde_json::Value> = std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let dtype = cfg.as_ref().and_then(|v| {
-        v.get("torch_dtype")
-            .or_else(|| v.get("dtype"))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string)
-    });
-    match dtype.as_deref() {
-        Some("bfloat16" | "float16") => 2,
-        _ => 4,
-    }
 }
 
 /// Refuses, before anything is read, a merge that cannot fit in the available memory: the

@@ -255,3 +255,27 @@ fn a_merge_too_large_for_memory_is_refused_before_reading() {
     );
     assert!(!out.exists());
 }
+
+/// An adapter made for another shape of model is refused in one line naming the tensor.
+#[test]
+fn an_adapter_for_another_shape_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, base, base_path) = base_dir(dir.path(), hf::WeightDtype::F32, 7);
+    adapter_dir(dir.path(), &c, &base, &base_path);
+    let other = ModelConfig {
+        ffn_dim: 128,
+        ..c.clone()
+    };
+    let other_path = dir.path().join("other");
+    std::fs::create_dir(&other_path).unwrap();
+    let p = init_params(&other, &Layout::new(&other), 8);
+    hf::write_weights_and_config(&other_path, &other, &p, hf::WeightDtype::F32, None, None)
+        .unwrap();
+    let out = dir.path().join("merged");
+    let err = the_error_line(&merge(&[&other_path, &dir.path().join("adapter"), &out]).stderr);
+    assert!(
+        err.contains("gate_proj.lora_B.weight has shape [176, 4]; the base model and adapter_config.json imply [128, 4]"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

@@ -184,6 +184,22 @@ pub fn write_tokenizer_files(dir: &Path, c: &ModelConfig, tok: &TokenizerFiles) 
     write_json(&dir.join("tokenizer_config.json"), &tc)
 }
 
+/// Bytes per weight a model directory's `config.json` declares (`torch_dtype`, or
+/// transformers 5's `dtype`): 2 for bf16 and f16, else (f32, or not said) 4.
+pub fn declared_bytes_per_weight(dir: &Path) -> u128 {
+    let cfg: Option<Value> = fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let dtype = cfg
+        .as_ref()
+        .and_then(|v| v.get("torch_dtype").or_else(|| v.get("dtype")))
+        .and_then(Value::as_str);
+    match dtype {
+        Some("bfloat16" | "float16") => 2,
+        _ => 4,
+    }
+}
+
 /// A model read from a Hugging Face directory.
 pub struct LoadedModel {
     pub config: ModelConfig,
@@ -353,8 +369,42 @@ fn weight_files(dir: &Path) -> Result<BTreeMap<String, String>> {
     Ok(BTreeMap::new())
 }
 
+/// Reads tensor `t` of the safetensors file `st` (read from `path`) as f32 into its range of
+/// `params`, checking its shape against what `implies` (e.g. "the config implies") it should
+/// be; returns the dtype it was stored in.
+pub(crate) fn read_tensor(
+    st: &SafeTensors,
+    path: &Path,
+    t: &crate::model::Tensor,
+    implies: &str,
+    params: &mut [f32],
+) -> Result<Dtype> {
+    let view = st
+        .tensor(&t.name)
+        .with_context(|| format!("{}: no tensor {}", path.display(), t.name))?;
+    if view.shape() != t.shape.as_slice() {
+        bail!(
+            "{}: {} has shape {:?}; {implies} {:?}",
+            path.display(),
+            t.name,
+            view.shape(),
+            t.shape
+        );
+    }
+    let values = to_f32(view.dtype(), view.data()).with_context(|| {
+        format!(
+            "{}: {} is {:?}; only f32, bf16 and f16 are read",
+            path.display(),
+            t.name,
+            view.dtype()
+        )
+    })?;
+    params[t.range()].copy_from_slice(&values);
+    Ok(view.dtype())
+}
+
 /// Converts a tensor's raw bytes to f32.
-pub(crate) fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
         Dtype::F32 => data
             .chunks_exact(4)
@@ -394,28 +444,8 @@ pub fn read_model_dir(dir: &Path) -> Result<LoadedModel> {
         let st = SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a safetensors file", path.display()))?;
         for t in tensors {
-            let view = st
-                .tensor(&t.name)
-                .with_context(|| format!("{}: no tensor {}", path.display(), t.name))?;
-            if view.shape() != t.shape.as_slice() {
-                bail!(
-                    "{}: {} has shape {:?}, the config implies {:?}",
-                    path.display(),
-                    t.name,
-                    view.shape(),
-                    t.shape
-                );
-            }
-            let values = to_f32(view.dtype(), view.data()).with_context(|| {
-                format!(
-                    "{}: {} is {:?}; only f32, bf16 and f16 are read",
-                    path.display(),
-                    t.name,
-                    view.dtype()
-                )
-            })?;
-            params[t.range()].copy_from_slice(&values);
-            dtypes.extend(WeightDtype::of(view.dtype()));
+            let dtype = read_tensor(&st, &path, t, "the config implies", &mut params)?;
+            dtypes.extend(WeightDtype::of(dtype));
         }
     }
     dtypes.dedup();

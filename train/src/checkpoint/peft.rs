@@ -231,27 +231,8 @@ pub fn read_adapter_dir(dir: &Path, c: &ModelConfig) -> Result<LoadedAdapter> {
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
     let mut params = vec![0f32; layout.len()];
     for t in &layout.tensors {
-        let view = st
-            .tensor(&t.name)
-            .with_context(|| format!("{}: no tensor {}", path.display(), t.name))?;
-        if view.shape() != t.shape.as_slice() {
-            bail!(
-                "{}: {} has shape {:?}; the base model and adapter_config.json imply {:?}",
-                path.display(),
-                t.name,
-                view.shape(),
-                t.shape
-            );
-        }
-        let values = super::hf::to_f32(view.dtype(), view.data()).with_context(|| {
-            format!(
-                "{}: {} is {:?}; only f32, bf16 and f16 are read",
-                path.display(),
-                t.name,
-                view.dtype()
-            )
-        })?;
-        params[t.range()].copy_from_slice(&values);
+        let implies = "the base model and adapter_config.json imply";
+        super::hf::read_tensor(&st, &path, t, implies, &mut params)?;
     }
     let (_, meta) = SafeTensors::read_metadata(&bytes)?;
     let base_sha256 = meta

@@ -469,16 +469,7 @@ impl<'a, T: Storage> Projections<'a, T> {
                     let w = l.weight(self.gpu, &self.base, self.config, layer, t)?;
                     self.blas.linear_forward::<T, T>(y, x, &w, n, i, o)?;
                 }
-                l.forward(
-                    self.gpu,
-                    self.blas,
-                    self.adapter,
-                    self.config,
-                    layer,
-                    t,
-                    y,
-                    x,
-                )
+                l.forward(self.gpu, self.blas, self.adapter, layer, t, y, x)
             }
         }
     }
@@ -512,7 +503,6 @@ impl<'a, T: Storage> Projections<'a, T> {
                     self.blas,
                     self.adapter,
                     grads,
-                    self.config,
                     layer,
                     t,
                     dx,

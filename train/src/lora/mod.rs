@@ -97,6 +97,17 @@ impl Target {
         }
     }
 
+    /// The largest `f(in, out)` over the seven projections of a block of `c` (buffer sizes:
+    /// `in * out` for the largest weight, `in` for the widest input).
+    pub fn max_over(c: &ModelConfig, f: impl Fn(usize, usize) -> usize) -> usize {
+        Target::ALL
+            .iter()
+            .map(|t| t.dims(c))
+            .map(|(i, o)| f(i, o))
+            .max()
+            .unwrap_or(1)
+    }
+
     /// Where the frozen weight of this layer starts in the base buffer.
     pub fn base_offset(self, b: &BlockOffsets) -> usize {
         match self {

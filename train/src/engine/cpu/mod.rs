@@ -166,19 +166,9 @@ pub fn lora_memory_estimate(
     let base = match quantize {
         None => 4 * c.checked_num_params(),
         Some(q) => {
-            let linears: Vec<u128> = Target::ALL
-                .iter()
-                .map(|t| t.dims(c))
-                .map(|(i, o)| (i * o) as u128)
-                .collect();
-            let quantized: u128 = linears
-                .iter()
-                .map(|&len| crate::quant::nf4::stored_bytes(len, q.double))
-                .sum();
             let dense = Layout::without_linears(c).len() as u128;
-            4 * dense
-                + c.n_layers as u128 * quantized
-                + 4 * linears.iter().max().copied().unwrap_or(0)
+            let largest = Target::max_over(c, |i, o| i * o) as u128;
+            4 * dense + c.n_layers as u128 * Nf4Linears::block_bytes(c, q.double) + 4 * largest
         }
     };
     super::MemoryEstimate {
@@ -295,12 +285,7 @@ impl<T: Float> Model<T> {
         let nf4 = Nf4Linears::quantize(&self.config, &self.layout, &full, double)?;
         let compact = Layout::without_linears(&self.config);
         let params = nf4_base::dense_part(&self.layout, &compact, &self.params);
-        let largest = Target::ALL
-            .iter()
-            .map(|t| t.dims(&self.config))
-            .map(|(i, o)| i * o)
-            .max()
-            .unwrap_or(0);
+        let largest = Target::max_over(&self.config, |i, o| i * o);
         self.layout = compact;
         self.params = params;
         self.nf4 = Some(nf4);

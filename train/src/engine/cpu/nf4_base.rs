@@ -72,6 +72,15 @@ impl Nf4Linears {
         q.dequantize_with(|i, v| out[i] = T::from(v).expect("f32 fits every float type"));
     }
 
+    /// Bytes one block's seven linear weights take in NF4 (`double`: double-quantised).
+    pub fn block_bytes(c: &ModelConfig, double: bool) -> u128 {
+        Target::ALL
+            .iter()
+            .map(|t| t.dims(c))
+            .map(|(i, o)| crate::quant::nf4::stored_bytes((i * o) as u128, double))
+            .sum()
+    }
+
     /// Block `layer`'s weight of `t`.
     pub fn get(&self, layer: usize, t: Target) -> &Nf4 {
         &self.weights[layer][t as usize]

@@ -26,6 +26,7 @@ use ingot_kernels::launch::{CudaSlice, CudaView, Gpu, Storage};
 use ingot_kernels::matmul::Blas;
 
 use crate::engine::cpu::nf4_base::Nf4Linears;
+use crate::lora::layout::Pair;
 use crate::lora::{AdapterLayout, LoraConfig, Target};
 use crate::model::{Layout, ModelConfig};
 use crate::quant::nf4::{dynamic_code, Absmax, CODE};
@@ -102,12 +103,7 @@ impl<T: Storage> DeviceLora<T> {
     ) -> Result<DeviceLora<T>> {
         let layout = AdapterLayout::new(c, &lora);
         let scale = lora.scaling() as f32;
-        let largest = Target::ALL
-            .iter()
-            .map(|t| t.dims(c))
-            .map(|(i, o)| i * o)
-            .max()
-            .unwrap_or(1);
+        let largest = Target::max_over(c, |i, o| i * o);
         let nf4 = nf4.map(|q| upload_nf4(gpu, c, q, largest)).transpose()?;
         let deq = gpu.zeros::<T>(if nf4.is_some() { largest } else { 1 })?;
         Ok(DeviceLora {
@@ -126,21 +122,13 @@ impl<T: Storage> DeviceLora<T> {
     /// the dense rest of the base is the caller's.
     pub fn quantized_bytes(c: &ModelConfig, nf4: Option<bool>) -> u64 {
         let elem = size_of::<T>() as u128;
-        let largest = Target::ALL
-            .iter()
-            .map(|t| t.dims(c))
-            .map(|(i, o)| (i * o) as u128)
-            .max()
-            .unwrap_or(1);
+        let largest = Target::max_over(c, |i, o| i * o) as u128;
         let quantized = match nf4 {
             None => 0,
             Some(double) => {
-                let per_layer: u128 = Target::ALL
-                    .iter()
-                    .map(|t| t.dims(c))
-                    .map(|(i, o)| crate::quant::nf4::stored_bytes((i * o) as u128, double))
-                    .sum();
-                per_layer * c.n_layers as u128 + elem * largest + 4 * largest / 64
+                Nf4Linears::block_bytes(c, double) * c.n_layers as u128
+                    + elem * largest
+                    + 4 * largest / 64
             }
         };
         (quantized + 4 * c.dim as u128) as u64
@@ -148,16 +136,13 @@ impl<T: Storage> DeviceLora<T> {
 
     /// Device bytes of the adapters' activations and scratch for micro-batches of `n` rows.
     pub fn activation_bytes(c: &ModelConfig, lora: &LoraConfig, n: usize) -> u64 {
-        let widest = |f: fn((usize, usize)) -> usize| {
-            Target::ALL.iter().map(|t| f(t.dims(c))).max().unwrap_or(1)
-        };
         let kept = lora.rank * c.n_layers * lora.targets.len();
         let dropped = if lora.dropout > 0.0 {
-            widest(|(i, _)| i)
+            Target::max_over(c, |i, _| i)
         } else {
             0
         };
-        let scratch = widest(|(i, o)| i.max(o)) + lora.rank;
+        let scratch = Target::max_over(c, usize::max) + lora.rank;
         (size_of::<T>() * n * (kept + dropped + scratch)) as u64
     }
 
@@ -194,17 +179,14 @@ impl<T: Storage> DeviceLora<T> {
                     .collect::<Result<Vec<_>, _>>()?,
             );
         }
-        let widest = |f: fn((usize, usize)) -> usize| {
-            Target::ALL.iter().map(|t| f(t.dims(c))).max().unwrap_or(1)
-        };
         let xd = (self.lora.dropout > 0.0)
-            .then(|| gpu.zeros::<T>(n * widest(|(i, _)| i)))
+            .then(|| gpu.zeros::<T>(n * Target::max_over(c, |i, _| i)))
             .transpose()?;
         self.acts = Some(Acts {
             cap: n,
             n,
             ts,
-            tmp: gpu.zeros::<T>(n * widest(|(i, o)| i.max(o)))?,
+            tmp: gpu.zeros::<T>(n * Target::max_over(c, usize::max))?,
             dt: gpu.zeros::<T>(n * r)?,
             xd,
         });
@@ -258,7 +240,6 @@ impl<T: Storage> DeviceLora<T> {
         gpu: &Gpu,
         blas: &Blas,
         adapter: &CudaSlice<T>,
-        c: &ModelConfig,
         layer: usize,
         t: Target,
         y: &mut CudaSlice<T>,
@@ -267,13 +248,11 @@ impl<T: Storage> DeviceLora<T> {
         let Some(p) = self.layout.pair(layer, t) else {
             return Ok(());
         };
+        let (a, b) = matrices(adapter, &p, self.lora.rank);
         let Some(acts) = self.acts.as_mut() else {
             bail!("LoRA activations missing");
         };
-        let (n, r) = (acts.n, self.lora.rank);
-        let (in_dim, out_dim) = t.dims(c);
-        let a = adapter.slice(p.a..p.a + r * in_dim);
-        let b = adapter.slice(p.b..p.b + out_dim * r);
+        let (n, r, in_dim, out_dim) = (acts.n, self.lora.rank, p.in_dim, p.out_dim);
         let Some(ts) = acts.ts[layer][t as usize].as_mut() else {
             bail!("LoRA activation of layer {layer} {} missing", t.name());
         };
@@ -303,7 +282,6 @@ impl<T: Storage> DeviceLora<T> {
         blas: &Blas,
         adapter: &CudaSlice<T>,
         grads: &mut CudaSlice<f32>,
-        c: &ModelConfig,
         layer: usize,
         t: Target,
         dx: &mut CudaSlice<T>,
@@ -313,13 +291,11 @@ impl<T: Storage> DeviceLora<T> {
         let Some(p) = self.layout.pair(layer, t) else {
             return Ok(());
         };
+        let (a, b) = matrices(adapter, &p, self.lora.rank);
         let Some(acts) = self.acts.as_mut() else {
             bail!("LoRA activations missing");
         };
-        let (n, r) = (acts.n, self.lora.rank);
-        let (in_dim, out_dim) = t.dims(c);
-        let a = adapter.slice(p.a..p.a + r * in_dim);
-        let b = adapter.slice(p.b..p.b + out_dim * r);
+        let (n, r, in_dim, out_dim) = (acts.n, self.lora.rank, p.in_dim, p.out_dim);
         let Some(ts) = acts.ts[layer][t as usize].as_ref() else {
             bail!("LoRA activation of layer {layer} {} missing", t.name());
         };
@@ -359,6 +335,18 @@ impl<T: Storage> DeviceLora<T> {
         }
         Ok(())
     }
+}
+
+/// Views of an adapted projection's `A` (`[r, in]`) and `B` (`[out, r]`) in `adapter`.
+fn matrices<'a, T>(
+    adapter: &'a CudaSlice<T>,
+    p: &Pair,
+    r: usize,
+) -> (CudaView<'a, T>, CudaView<'a, T>) {
+    (
+        adapter.slice(p.a..p.a + r * p.in_dim),
+        adapter.slice(p.b..p.b + p.out_dim * r),
+    )
 }
 
 /// The key of (layer, target)'s dropout masks under the pass seed `seed`, as the CPU's.
