@@ -53,25 +53,19 @@ fn weights(n: usize) -> Vec<f32> {
     w
 }
 
-#[test]
-fn our_nf4_equals_bitsandbytes_byte_for_byte() {
-    let Some(python) = reference_python("torch, bitsandbytes", "NF4 comparison") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let w = weights(1024 * BLOCK);
-    let src = dir.path().join("w.f32");
+/// Runs `tests/reference/bnb_nf4.py` on `w`, leaving its outputs in `dir`.
+fn bitsandbytes(python: &Path, w: &[f32], dir: &Path) {
+    let src = dir.join("w.f32");
     std::fs::write(
         &src,
         w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
     )
     .unwrap();
-    let out = |name: &str| dir.path().join(name);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/bnb_nf4.py");
-    let run = Command::new(&python)
+    let run = Command::new(python)
         .arg(&script)
         .arg(&src)
-        .arg(dir.path())
+        .arg(dir)
         .output()
         .unwrap();
     assert!(
@@ -79,6 +73,17 @@ fn our_nf4_equals_bitsandbytes_byte_for_byte() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+}
+
+#[test]
+fn our_nf4_equals_bitsandbytes_byte_for_byte() {
+    let Some(python) = reference_python("torch, bitsandbytes", "NF4 comparison") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let w = weights(1024 * BLOCK);
+    bitsandbytes(&python, &w, dir.path());
+    let out = |name: &str| dir.path().join(name);
     let code = f32s(&out("code.f32"));
     assert_eq!(code, CODE, "bitsandbytes' NF4 code book");
     let ours = Nf4::quantize("w", &w).unwrap();
@@ -118,25 +123,8 @@ fn our_double_quantisation_matches_bitsandbytes() {
     let dir = tempfile::tempdir().unwrap();
     // 1000 blocks: three whole groups of 256 absmax values and a short one of 232.
     let w = weights(1000 * BLOCK);
-    let src = dir.path().join("w.f32");
-    std::fs::write(
-        &src,
-        w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-    )
-    .unwrap();
+    bitsandbytes(&python, &w, dir.path());
     let out = |name: &str| dir.path().join(name);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/bnb_nf4.py");
-    let run = Command::new(&python)
-        .arg(&script)
-        .arg(&src)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     assert_eq!(
         f32s(&out("dq_code.f32")),
         dynamic_code().to_vec(),

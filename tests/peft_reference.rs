@@ -39,13 +39,6 @@ fn logits_of(v: &serde_json::Value) -> Vec<f32> {
     serde_json::from_value(v["logits"].clone()).unwrap()
 }
 
-/// max |a − b| / max |b|.
-fn rel_max_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
 fn train(args: &[&str]) -> PathBuf {
     let mut all = vec!["train"];
     all.extend_from_slice(args);
@@ -90,12 +83,6 @@ fn our_adapted_logits(base: &Path, adapter: &Path, tokens: &[u32]) -> Vec<f32> {
         .unwrap()
         .with_lora(a.lora, a.params, 0)
         .unwrap();
-    e.logits(tokens).unwrap()
-}
-
-fn our_logits(model: &Path, tokens: &[u32]) -> Vec<f32> {
-    let m = hf::read_model_dir(model).unwrap();
-    let mut e = CpuEngine::new(m.config, m.params).unwrap();
     e.logits(tokens).unwrap()
 }
 
@@ -180,18 +167,7 @@ fn an_adapter_on_a_transformers_bf16_base_loads_in_peft_with_the_same_logits() {
     let Some(python) = python() else { return };
     let dir = tempdir();
     let shards = shards(dir.path());
-    let base = dir.path().join("hf-model");
-    let out = Command::new(&python)
-        .arg(reference("hf_llama.py"))
-        .arg("make")
-        .arg(&base)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let base = make_hf_model(&python, dir.path());
     let adapter = lora_run(
         &shards,
         &base,
@@ -310,18 +286,7 @@ fn a_qlora_adapter_loads_in_peft_on_the_nf4_base_with_the_same_logits() {
     };
     let dir = tempdir();
     let shards = shards(dir.path());
-    let base = dir.path().join("hf-model");
-    let out = Command::new(&python)
-        .arg(reference("hf_llama.py"))
-        .arg("make")
-        .arg(&base)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let base = make_hf_model(&python, dir.path());
     let tokens: Vec<u32> = stream(&shards, "train")[..48].to_vec();
     let tok_path = dir.path().join("tokens.json");
     std::fs::write(&tok_path, serde_json::to_string(&tokens).unwrap()).unwrap();

@@ -15,7 +15,6 @@ use std::process::Command;
 use common::*;
 use ingot_train::checkpoint::hf;
 use ingot_train::engine::cpu::CpuEngine;
-use ingot_train::engine::Engine;
 
 fn torch_python() -> Option<PathBuf> {
     reference_python("torch, transformers", "transformers comparison")
@@ -42,19 +41,6 @@ fn hf_logits(python: &Path, model_dir: &Path, tokens: &[u32], work: &Path) -> Ve
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     serde_json::from_value(v["logits"].clone()).unwrap()
-}
-
-/// max |a − b| / max |b|: both sides compute in f32 with different summation orders.
-fn rel_max_err(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
-}
-
-fn our_logits(model_dir: &Path, tokens: &[u32]) -> Vec<f32> {
-    let m = hf::read_model_dir(model_dir).unwrap();
-    let mut e = CpuEngine::new(m.config, m.params).unwrap();
-    e.logits(tokens).unwrap()
 }
 
 #[test]
@@ -107,24 +93,6 @@ fn checkpoints_load_in_transformers_with_the_same_logits() {
             "tie_embeddings={tie}: logits match transformers to {err:.2e} (relative max error)"
         );
     }
-}
-
-/// A random bf16 Llama written by transformers' `save_pretrained` (sharded, untied, grouped
-/// query attention) in `work/hf-model`.
-fn make_hf_model(python: &Path, work: &Path) -> PathBuf {
-    let model_dir = work.join("hf-model");
-    let out = Command::new(python)
-        .arg(script())
-        .arg("make")
-        .arg(&model_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    model_dir
 }
 
 #[test]

@@ -202,3 +202,37 @@ pub fn reference_python(imports: &str, what: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED: no Python that imports {imports} (set INGOT_TORCH_PYTHON); the {what} did not run");
     None
 }
+
+/// A random bf16 Llama written by transformers' `save_pretrained` (sharded, untied, grouped
+/// query attention; `tests/reference/hf_llama.py make`) in `work/hf-model`.
+pub fn make_hf_model(python: &Path, work: &Path) -> PathBuf {
+    let model_dir = work.join("hf-model");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/hf_llama.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg("make")
+        .arg(&model_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    model_dir
+}
+
+/// max |a − b| / max |b|: both sides compute in f32 with different summation orders.
+pub fn rel_max_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// The CPU engine's logits of `tokens` for the model in `model_dir`.
+pub fn our_logits(model_dir: &Path, tokens: &[u32]) -> Vec<f32> {
+    use ingot_train::engine::Engine;
+    let m = ingot_train::checkpoint::hf::read_model_dir(model_dir).unwrap();
+    let mut e = ingot_train::engine::cpu::CpuEngine::new(m.config, m.params).unwrap();
+    e.logits(tokens).unwrap()
+}

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{copy_dir, dataset, losses, rel, state_difference, train_bin, weights, which, with};
+use common::{
+    copy_dir, dataset, losses, rel, state_difference, train_bin, weights, which, with, without,
+};
 
 /// `mpirun` when the tests can run; otherwise says why (and fails under INGOT_REQUIRE_MPI=1).
 fn mpirun(test: &str) -> Option<PathBuf> {
@@ -226,16 +228,7 @@ fn lora_ranks_equal_one_process() {
         let zero = dir.path().join(format!("{tag}-zero"));
         // The shape comes from the base: `common` without --model and --n-layers.
         let opts = |out: &Path, extra: &[&str]| {
-            let args = common(&shards, out);
-            let mut kept = Vec::new();
-            let mut it = args.iter();
-            while let Some(a) = it.next() {
-                if a == "--model" || a == "--n-layers" {
-                    it.next();
-                } else {
-                    kept.push(a.clone());
-                }
-            }
+            let kept = without(common(&shards, out), &["--model", "--n-layers"]);
             with(kept, &[&lora[..], quantize, extra].concat())
         };
         run_ok(one(&opts(&single, &["--batch-size", "8"])));

@@ -32,7 +32,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{copy_dir, dataset, records, state_difference, train_bin, weights, with};
+use common::{copy_dir, dataset, records, state_difference, train_bin, weights, with, without};
 
 const TRAIN_TOL: f64 = 1e-4;
 const GRAD_TOL: f64 = 1e-4;
@@ -386,16 +386,7 @@ fn lora_ranks_equal_one_process() {
     let base = path("base").join(format!("checkpoints/step-{STEPS:07}"));
     // The shape comes from the base: the common options without --model and --n-layers.
     let args = |out: &Path, extra: &[&str]| {
-        let all = common_args(&shards, out, "f32");
-        let mut kept = Vec::new();
-        let mut it = all.iter();
-        while let Some(a) = it.next() {
-            if a == "--model" || a == "--n-layers" {
-                it.next();
-            } else {
-                kept.push(a.clone());
-            }
-        }
+        let kept = without(common_args(&shards, out, "f32"), &["--model", "--n-layers"]);
         let lora = ["--init-from", base.to_str().unwrap(), "--lora-rank", "4"];
         with(kept, &[&lora[..], extra].concat())
     };

@@ -150,3 +150,19 @@ pub fn the_error_line(stderr: &[u8]) -> String {
     );
     rest[0].to_string()
 }
+
+/// `args` without the options named in `drop` and their values (e.g. the shape options,
+/// which `--init-from` refuses).
+#[allow(dead_code)]
+pub fn without(args: Vec<String>, drop: &[&str]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if drop.contains(&a.as_str()) {
+            it.next();
+        } else {
+            kept.push(a);
+        }
+    }
+    kept
+}
