@@ -279,3 +279,40 @@ fn an_adapter_for_another_shape_is_refused() {
     );
     assert!(!out.exists());
 }
+
+/// Without --base, an adapter whose base_model_name_or_path is not a directory here (or names
+/// none) is refused in one line asking for --base.
+#[test]
+fn without_base_the_adapter_must_name_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, base, base_path) = base_dir(dir.path(), hf::WeightDtype::F32, 9);
+    adapter_dir(dir.path(), &c, &base, &base_path);
+    let adapter = dir.path().join("adapter");
+    let config = adapter.join("adapter_config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let out = dir.path().join("merged");
+    for (name, want) in [
+        (
+            serde_json::json!("meta-llama/Meta-Llama-3-8B"),
+            "is not a directory here; give --base DIR",
+        ),
+        (
+            serde_json::Value::Null,
+            "names no base model; give --base DIR",
+        ),
+    ] {
+        v["base_model_name_or_path"] = name;
+        std::fs::write(&config, v.to_string()).unwrap();
+        let o = Command::new(train_bin())
+            .args(["merge", "--adapter"])
+            .arg(&adapter)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = the_error_line(&o.stderr);
+        assert!(err.contains(want), "{err}");
+        assert!(!out.exists());
+    }
+}

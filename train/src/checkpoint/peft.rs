@@ -247,3 +247,73 @@ pub fn read_adapter_dir(dir: &Path, c: &ModelConfig) -> Result<LoadedAdapter> {
         base_model_name_or_path,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lora::DEFAULT_TARGETS;
+
+    fn lora() -> LoraConfig {
+        let (targets, save) = LoraConfig::parse_lists(DEFAULT_TARGETS, "lm_head").unwrap();
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.05,
+            rslora: true,
+            targets,
+            save,
+        }
+    }
+
+    #[test]
+    fn our_config_reads_back_and_peft_features_we_do_not_compute_are_refused_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |v: &Value| fs::write(dir.path().join(CONFIG_FILE), v.to_string()).unwrap();
+        let ours = adapter_config_json(&lora(), Path::new("/nowhere/base"));
+        write(&ours);
+        let (read, base) = read_adapter_config(dir.path()).unwrap();
+        assert_eq!(read, lora());
+        assert_eq!(base.as_deref(), Some("/nowhere/base"));
+        let cases: &[(&str, Value, &str)] = &[
+            ("peft_type", json!("IA3"), "is not LORA"),
+            ("use_dora", json!(true), "use_dora is set"),
+            ("bias", json!("all"), "bias is set"),
+            ("fan_in_fan_out", json!(true), "fan_in_fan_out is set"),
+            (
+                "layers_to_transform",
+                json!([0]),
+                "layers_to_transform is set",
+            ),
+            ("rank_pattern", json!({"q_proj": 8}), "rank_pattern is set"),
+            (
+                "alpha_pattern",
+                json!({"q_proj": 8}),
+                "alpha_pattern is set",
+            ),
+            ("r", Value::Null, "no whole-number r"),
+            (
+                "target_modules",
+                json!("all-linear"),
+                "only a list of module names",
+            ),
+            (
+                "target_modules",
+                json!(["q_proj", "fc1"]),
+                "\"fc1\", which is not a linear layer",
+            ),
+            ("target_modules", json!([3]), "holds 3, not a module name"),
+            (
+                "modules_to_save",
+                json!(["norm"]),
+                "only embed_tokens and lm_head",
+            ),
+        ];
+        for (key, value, want) in cases {
+            let mut v = ours.clone();
+            v[key] = value.clone();
+            write(&v);
+            let e = format!("{:#}", read_adapter_config(dir.path()).unwrap_err());
+            assert!(e.contains(want) && !e.contains('\n'), "{key}: {e}");
+        }
+    }
+}
